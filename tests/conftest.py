@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny real Meta-World runs through the real CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+# Small networks and budgets so a real MT10 run takes seconds on 2 cores.
+TINY = [
+    "device=cpu",
+    "agent.hidden_sizes=[32,32]",
+    "train.per_task_batch=8",
+    "train.warmup_steps=200",
+    "train.buffer_size=20000",
+    "train.log_every=200",
+    "train.progress=false",
+    "eval.episodes=1",
+    "eval.final_episodes=1",
+    "benchmark.max_episode_steps=50",
+]
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``mtrl-famo ARGS`` in a fresh process (as a user would)."""
+    return subprocess.run([sys.executable, "-m", "mtrl_famo.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_mt10_run(tmp_path_factory) -> Path:
+    """One finished tiny MT10 run (1000 steps, evaluations at 500 and at the end)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "mt10-mean"
+    proc = run_cli("train", *TINY, "train.total_steps=1000", "eval.every=500", f"run_dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
