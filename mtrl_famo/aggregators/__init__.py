@@ -1,0 +1,90 @@
+"""Multi-task aggregators: turn per-task losses or gradients into one update.
+
+    from mtrl_famo.aggregators import make_aggregator
+    agg = make_aggregator("cagrad", num_tasks=10, c=0.9)
+    if agg.uses_task_gradients:
+        direction = agg.combine(G)            # G: [num_tasks, num_params] -> [num_params]
+    else:
+        agg.combine_losses(losses).backward()  # losses: [num_tasks]
+        optimizer.step()
+        agg.update(new_losses)                 # FAMO only; a no-op for the others
+
+See ``per_task_grads`` for building ``G`` with one batched backward.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .base import Aggregator
+from .cagrad import CAGrad
+from .famo import FAMO
+from .mean import Mean
+from .pcgrad import PCGrad
+from .per_task_grads import (
+    assign_flat_grad,
+    flatten_grads,
+    gradient_diagnostics,
+    per_task_gradients,
+    per_task_gradients_loop,
+)
+
+#: name -> aggregator class; ``make_aggregator`` looks names up here.
+AGGREGATORS: dict[str, type[Aggregator]] = {
+    "cagrad": CAGrad,
+    "famo": FAMO,
+    "mean": Mean,
+    "pcgrad": PCGrad,
+}
+
+
+def aggregator_options(name: str) -> tuple[str, ...]:
+    """The option names that ``make_aggregator(name, ...)`` accepts (besides ``num_tasks``)."""
+    cls = _lookup(name)
+    params = list(inspect.signature(cls.__init__).parameters)
+    return tuple(p for p in params if p not in ("self", "num_tasks"))
+
+
+def make_aggregator(name: str, num_tasks: int, **options: Any) -> Aggregator:
+    """Build the aggregator called ``name`` for ``num_tasks`` tasks.
+
+    :param name: one of ``AGGREGATORS`` (case-insensitive).
+    :param num_tasks: number of tasks ``k >= 1``.
+    :param options: the aggregator's options, e.g. ``c`` for cagrad, ``w_lr``,
+        ``gamma``, ``min_losses``, ``eps`` for famo, ``seed`` for pcgrad.
+    :raises ValueError: unknown name, unknown option or bad value; the message
+        names the bad value and what is allowed.
+    """
+    cls = _lookup(name)
+    allowed = aggregator_options(name)
+    for option in options:
+        if option not in allowed:
+            raise ValueError(
+                f"unknown option {option!r} for aggregator {name.lower()!r}; "
+                f"allowed: {', '.join(allowed) if allowed else '(none)'}"
+            )
+    return cls(num_tasks, **options)
+
+
+def _lookup(name: str) -> type[Aggregator]:
+    if not isinstance(name, str) or name.lower() not in AGGREGATORS:
+        raise ValueError(f"unknown aggregator {name!r}; allowed: {', '.join(sorted(AGGREGATORS))}")
+    return AGGREGATORS[name.lower()]
+
+
+__all__ = [
+    "AGGREGATORS",
+    "Aggregator",
+    "CAGrad",
+    "FAMO",
+    "Mean",
+    "PCGrad",
+    "aggregator_options",
+    "assign_flat_grad",
+    "flatten_grads",
+    "gradient_diagnostics",
+    "make_aggregator",
+    "per_task_gradients",
+    "per_task_gradients_loop",
+]

@@ -1,0 +1,158 @@
+"""The base class shared by all aggregators, and the input checks they use.
+
+An aggregator turns the per-task learning signal of one update into a single
+update. It belongs to one of two families (see ``uses_task_gradients``):
+
+- gradient aggregators take the ``[num_tasks, num_params]`` matrix ``G`` whose
+  row ``i`` is task ``i``'s gradient and return one ``[num_params]`` direction
+  (``combine``);
+- loss-weighting aggregators take the ``[num_tasks]`` task losses and return a
+  scalar whose gradient is the weighted task gradient (``combine_losses``).
+
+Aggregators know nothing about reinforcement learning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class Aggregator:
+    """Base class: holds ``num_tasks``, checks inputs, and provides no-op defaults.
+
+    :param num_tasks: number of tasks ``k`` (rows of ``G``, entries of ``losses``).
+    """
+
+    #: True: the agent builds ``G`` ``[num_tasks, num_params]`` and calls ``combine(G)``.
+    #: False: the agent calls ``combine_losses(losses)`` and backpropagates the scalar.
+    uses_task_gradients: bool = False
+    #: True where ``update(new_losses)`` does something (FAMO): only then need the
+    #: caller recompute the losses after the optimizer step.
+    needs_update: bool = False
+
+    def __init__(self, num_tasks: int) -> None:
+        self.num_tasks = check_num_tasks(num_tasks)
+
+    # -- the two entry points -------------------------------------------------
+    def combine(self, G: Tensor) -> Tensor:
+        """Combine per-task gradients ``G`` ``[num_tasks, num_params]`` into ``[num_params]``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} weights losses, not gradients: call combine_losses(losses)"
+        )
+
+    def combine_losses(self, losses: Tensor) -> Tensor:
+        """Combine task losses ``[num_tasks]`` into a scalar to backpropagate."""
+        raise NotImplementedError(
+            f"{type(self).__name__} combines per-task gradients: build G "
+            f"[num_tasks, num_params] and call combine(G)"
+        )
+
+    def update(self, new_losses: Tensor) -> None:
+        """Adapt internal state after the optimizer step (no-op unless overridden).
+
+        :param new_losses: ``[num_tasks]`` task losses recomputed after the step.
+        """
+
+    # -- diagnostics ------------------------------------------------------------
+    @property
+    def task_weights(self) -> Tensor | None:
+        """``[num_tasks]`` current task weights, or None where the method has none."""
+        return None
+
+    # -- checkpointing / devices ----------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot of the internal state (independent of later updates)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a snapshot made by ``state_dict`` of an aggregator with the same options."""
+        self._check_state_keys(state, set())
+
+    def to(self, device: torch.device | str) -> "Aggregator":
+        """Move internal tensors to ``device``; returns ``self``."""
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    # -- checks used by subclasses --------------------------------------------
+    def _check_matrix(self, G: Tensor) -> Tensor:
+        expected = f"[num_tasks={self.num_tasks}, num_params]"
+        if not isinstance(G, Tensor):
+            raise ValueError(f"expected G to be a torch.Tensor of shape {expected}, got {type(G).__name__}")
+        if G.ndim != 2 or G.shape[0] != self.num_tasks:
+            raise ValueError(f"expected G of shape {expected}, got {tuple(G.shape)}")
+        if not G.is_floating_point():
+            raise ValueError(f"expected G to be a floating point tensor, got dtype {G.dtype}")
+        check_finite(G, "G")
+        return G
+
+    def _check_losses(self, losses: Tensor | Sequence[Tensor], name: str = "losses") -> Tensor:
+        if isinstance(losses, (list, tuple)):
+            losses = torch.stack([torch.as_tensor(x) for x in losses])
+        expected = f"[num_tasks={self.num_tasks}]"
+        if not isinstance(losses, Tensor):
+            raise ValueError(f"expected {name} to be a torch.Tensor of shape {expected}, got {type(losses).__name__}")
+        if losses.shape != (self.num_tasks,):
+            raise ValueError(f"expected {name} of shape {expected}, got {tuple(losses.shape)}")
+        if not losses.is_floating_point():
+            raise ValueError(f"expected {name} to be a floating point tensor, got dtype {losses.dtype}")
+        check_finite(losses, name)
+        return losses
+
+    def _check_state_keys(self, state: dict[str, Any], expected: set[str]) -> None:
+        if not isinstance(state, dict):
+            raise ValueError(f"expected a state dict for {self!r}, got {type(state).__name__}")
+        missing, unexpected = expected - state.keys(), state.keys() - expected
+        if missing or unexpected:
+            raise ValueError(
+                f"state dict does not match {self!r}: missing keys {sorted(missing)}, "
+                f"unexpected keys {sorted(unexpected)}"
+            )
+
+
+def check_finite(x: Tensor, name: str) -> None:
+    """Raise FloatingPointError naming the task indices (rows) of ``x`` with NaN or inf.
+
+    :param x: ``[num_tasks]`` or ``[num_tasks, ...]``.
+    """
+    finite = torch.isfinite(x)
+    if finite.ndim > 1:
+        finite = finite.flatten(1).all(dim=1)
+    if not bool(finite.all()):  # one device sync
+        bad = (~finite).nonzero().flatten().tolist()
+        raise FloatingPointError(f"non-finite values (NaN or inf) in {name} at task indices {bad}")
+
+
+def check_num_tasks(num_tasks: int) -> int:
+    """Return ``num_tasks`` as an int, or raise ValueError unless it is an integer >= 1."""
+    if isinstance(num_tasks, bool):
+        raise ValueError(f"num_tasks must be an integer >= 1, got {num_tasks!r}")
+    if not isinstance(num_tasks, int):
+        try:
+            num_tasks = int(num_tasks.__index__())  # numpy integers and the like
+        except (AttributeError, TypeError):
+            raise ValueError(f"num_tasks must be an integer >= 1, got {num_tasks!r}") from None
+    if num_tasks < 1:
+        raise ValueError(f"num_tasks must be an integer >= 1, got {num_tasks!r}")
+    return num_tasks
+
+
+def check_float(name: str, value: float, *, min_value: float = -math.inf, strict: bool = False) -> float:
+    """Return ``value`` as a finite float, or raise ValueError naming it.
+
+    :param min_value: lower bound; ``value >= min_value`` (``>`` when ``strict``).
+    """
+    bound = f"> {min_value:g}" if strict else f">= {min_value:g}"
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(out) or out < min_value or (strict and out == min_value):
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return out

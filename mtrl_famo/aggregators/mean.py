@@ -1,0 +1,34 @@
+"""The plain mean: the baseline multi-task update (uniform task weights)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Aggregator
+
+
+class Mean(Aggregator):
+    """Uniform average over tasks; serves both families.
+
+    ``combine(G)`` returns ``G.mean(0)`` and ``combine_losses(losses)`` returns
+    ``losses.mean()``; both give the same update. The agent uses the cheaper loss
+    form (``uses_task_gradients`` is False).
+
+    :param num_tasks: number of tasks ``k``.
+    """
+
+    uses_task_gradients = False
+
+    def combine(self, G: Tensor) -> Tensor:
+        """:param G: ``[num_tasks, num_params]``. :returns: ``[num_params]``, ``G.mean(0)``."""
+        return self._check_matrix(G).mean(dim=0)
+
+    def combine_losses(self, losses: Tensor) -> Tensor:
+        """:param losses: ``[num_tasks]``. :returns: scalar, ``losses.mean()``."""
+        return self._check_losses(losses).mean()
+
+    @property
+    def task_weights(self) -> Tensor:
+        """``[num_tasks]``, all ``1 / num_tasks``."""
+        return torch.full((self.num_tasks,), 1.0 / self.num_tasks)

@@ -1,0 +1,229 @@
+"""Typed configuration schema for mtrl-famo.
+
+The YAML tree under ``configs/`` picks the defaults; these dataclasses are the
+schema Hydra/OmegaConf check every value against (types, unknown keys), and
+``validate`` checks what types alone cannot (ranges, names, combinations).
+Every field carries a one-line doc (``metadata["help"]``) that ``mtrl-famo
+train --help`` prints.
+
+Step counts are environment steps summed over all tasks (one vector step of
+MT10 is 10 environment steps), which is the x-axis of every log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+BENCHMARKS = ("mt1", "mt10", "mt50")
+AGGREGATOR_NAMES = ("mean", "famo", "pcgrad", "cagrad")
+AGGREGATED_LOSSES = ("critic", "actor")
+VECTOR_STRATEGIES = ("sync", "async")
+
+
+class ConfigError(ValueError):
+    """A config value is not allowed; the message names the value and what is allowed."""
+
+
+def doc(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with a one-line help text."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = doc("mt10", "Meta-World benchmark: mt1 (one task), mt10 or mt50")
+    env_name: Optional[str] = doc(None, "task for mt1, e.g. reach-v3 (ignored by mt10/mt50)")
+    vector_strategy: str = doc("sync", "gymnasium vector env strategy: sync or async (one process per task)")
+    max_episode_steps: int = doc(500, "episode length (time-limit truncation, bootstrapped)")
+    cagrad_c: float = doc(0.5, "this benchmark's default CAGrad c (0.9 on MT10, 0.5 on MT50)")
+
+
+@dataclass
+class AggregatorConfig:
+    """Options common to every aggregator; the per-aggregator schemas add theirs."""
+
+    name: str = doc("mean", "how per-task losses are combined: mean, famo, pcgrad or cagrad")
+    apply_to: List[str] = doc(["critic", "actor"], "which losses the aggregator combines (others use the mean)")
+
+
+@dataclass
+class MeanAggregatorConfig(AggregatorConfig):
+    name: str = "mean"
+
+
+@dataclass
+class FamoAggregatorConfig(AggregatorConfig):
+    name: str = "famo"
+    apply_to: List[str] = doc(["critic"], "FAMO on the critic only, as in the FAMO paper's RL setup")
+    w_lr: float = doc(0.025, "learning rate of FAMO's task logits")
+    gamma: float = doc(0.001, "weight decay of FAMO's task logits")
+    min_losses: float = doc(0.0, "lower bound of every task loss (FAMO works on loss - min_losses)")
+    eps: float = doc(1e-8, "added to every loss so a loss at its minimum stays finite")
+
+
+@dataclass
+class PCGradAggregatorConfig(AggregatorConfig):
+    name: str = "pcgrad"
+    seed: int = doc(0, "seed of PCGrad's own projection-order generator")
+
+
+@dataclass
+class CAGradAggregatorConfig(AggregatorConfig):
+    name: str = "cagrad"
+    c: float = doc(0.5, "CAGrad's conflict-aversion radius (0 = mean)")
+
+
+AGGREGATOR_SCHEMAS = {
+    "mean": MeanAggregatorConfig,
+    "famo": FamoAggregatorConfig,
+    "pcgrad": PCGradAggregatorConfig,
+    "cagrad": CAGradAggregatorConfig,
+}
+
+
+@dataclass
+class AgentConfig:
+    hidden_sizes: List[int] = doc([400, 400, 400], "hidden layer widths of actor and critic MLPs")
+    actor_lr: float = doc(3e-4, "Adam learning rate of the actor")
+    critic_lr: float = doc(3e-4, "Adam learning rate of the twin critic")
+    alpha_lr: float = doc(3e-4, "Adam learning rate of the per-task temperatures")
+    gamma: float = doc(0.99, "discount factor")
+    tau: float = doc(0.005, "Polyak rate of the target critic")
+    init_alpha: float = doc(1.0, "initial temperature of every task")
+    target_entropy: Optional[float] = doc(None, "target policy entropy; default -|A|")
+    log_std_min: float = doc(-5.0, "lower bound of the policy's log standard deviation")
+    log_std_max: float = doc(2.0, "upper bound of the policy's log standard deviation")
+
+
+@dataclass
+class TrainConfig:
+    total_steps: Optional[int] = doc(None, "environment steps over all tasks; default steps_per_task x tasks")
+    steps_per_task: int = doc(2_000_000, "environment steps per task when total_steps is not set")
+    warmup_steps: Optional[int] = doc(None, "uniform-random-action steps before learning; default 4000 x tasks")
+    updates_per_step: int = doc(1, "gradient updates per vector-env step")
+    per_task_batch: int = doc(128, "replay rows per task in one update (batch = per_task_batch x tasks)")
+    buffer_size: int = doc(1_000_000, "replay capacity in transitions, split evenly over tasks")
+    checkpoint_every: Optional[int] = doc(None, "steps between checkpoints; default eval.every")
+    log_every: int = doc(5_000, "steps between loss/diagnostic scalars in TensorBoard")
+    torch_threads: int = doc(0, "torch CPU threads; 0 = 1 thread on machines with <= 4 cores, else torch's default")
+    progress: bool = doc(True, "show a progress bar with steps/s and ETA")
+
+
+@dataclass
+class EvalConfig:
+    every: int = doc(200_000, "steps between evaluations during training")
+    episodes: int = doc(10, "evaluation episodes per task during training (and for `mtrl-famo eval`, default 50)")
+    final_episodes: int = doc(50, "evaluation episodes per task at the end of training")
+
+
+@dataclass
+class Config:
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = doc(0, "seed of environments, networks and replay sampling")
+    device: str = doc("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    run_dir: Optional[str] = doc(None, "output folder; an existing run there is resumed. Default runs/<benchmark>-<aggregator>-s<seed>")
+
+
+def register_schemas() -> None:
+    """Register the schemas so YAML files can extend them (``defaults: [_schema]``)."""
+    cs = ConfigStore.instance()
+    cs.store(name="_config_schema", node=Config)
+    cs.store(group="benchmark", name="_schema", node=BenchmarkConfig)
+    cs.store(group="agent", name="_schema", node=AgentConfig)
+    for name, schema in AGGREGATOR_SCHEMAS.items():
+        cs.store(group="aggregator", name=f"_{name}_schema", node=schema)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_steps(value: Optional[int], key: str, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    _require(isinstance(value, int) and not isinstance(value, bool),
+             f"{key}={value!r} must be an integer")
+    low = 0 if allow_zero else 1
+    _require(value >= low, f"{key}={value} must be an integer >= {low}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check ranges, names and combinations that types alone cannot; returns ``cfg``.
+
+    :raises ConfigError: naming the bad value and what is allowed.
+    """
+    from mtrl_famo.envs import check_env_name  # envs imports metaworld: only when validating
+
+    b = cfg.benchmark
+    _require(b.name in BENCHMARKS, f"benchmark={b.name!r} is unknown; allowed: {', '.join(BENCHMARKS)}")
+    if b.name == "mt1":
+        _require(b.env_name is not None, "benchmark=mt1 needs benchmark.env_name, e.g. benchmark.env_name=reach-v3")
+        check_env_name(b.env_name)
+    _require(b.vector_strategy in VECTOR_STRATEGIES,
+             f"benchmark.vector_strategy={b.vector_strategy!r}; allowed: {', '.join(VECTOR_STRATEGIES)}")
+    _check_steps(b.max_episode_steps, "benchmark.max_episode_steps")
+
+    a = cfg.aggregator
+    _require(a.name in AGGREGATOR_NAMES, f"aggregator={a.name!r} is unknown; allowed: {', '.join(AGGREGATOR_NAMES)}")
+    for loss in a.apply_to:
+        _require(loss in AGGREGATED_LOSSES,
+                 f"aggregator.apply_to has {loss!r}; allowed: {', '.join(AGGREGATED_LOSSES)}")
+
+    ag = cfg.agent
+    _require(len(ag.hidden_sizes) > 0 and all(h > 0 for h in ag.hidden_sizes),
+             f"agent.hidden_sizes={list(ag.hidden_sizes)} must be a non-empty list of positive widths")
+    for key in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha"):
+        _require(getattr(ag, key) > 0, f"agent.{key}={getattr(ag, key)} must be > 0")
+    _require(0.0 <= ag.gamma <= 1.0, f"agent.gamma={ag.gamma} must be in [0, 1]")
+    _require(0.0 < ag.tau <= 1.0, f"agent.tau={ag.tau} must be in (0, 1]")
+    _require(ag.log_std_min < ag.log_std_max,
+             f"agent.log_std_min={ag.log_std_min} must be below agent.log_std_max={ag.log_std_max}")
+
+    t = cfg.train
+    _check_steps(t.total_steps, "train.total_steps")
+    _check_steps(t.steps_per_task, "train.steps_per_task")
+    _check_steps(t.warmup_steps, "train.warmup_steps", allow_zero=True)
+    _check_steps(t.updates_per_step, "train.updates_per_step", allow_zero=True)
+    _check_steps(t.per_task_batch, "train.per_task_batch")
+    _check_steps(t.buffer_size, "train.buffer_size")
+    _check_steps(t.checkpoint_every, "train.checkpoint_every")
+    _check_steps(t.log_every, "train.log_every")
+    _check_steps(t.torch_threads, "train.torch_threads", allow_zero=True)
+
+    e = cfg.eval
+    _check_steps(e.every, "eval.every")
+    _check_steps(e.episodes, "eval.episodes")
+    _check_steps(e.final_episodes, "eval.final_episodes")
+
+    _check_steps(cfg.seed, "seed", allow_zero=True)
+    _require(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+             f"device={cfg.device!r}; allowed: auto, cpu, cuda, cuda:N")
+    return cfg
+
+
+def aggregator_options(cfg: AggregatorConfig) -> dict:
+    """The aggregator's own options (everything but ``name`` and ``apply_to``)."""
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("name", "apply_to")}
+
+
+def field_help(schema: type, prefix: str = "") -> List[str]:
+    """Lines ``key = default  # help`` for every field of a schema, recursively."""
+    lines = []
+    instance = schema()
+    for f in fields(schema):
+        value = getattr(instance, f.name)
+        if is_dataclass(value):
+            lines += field_help(type(value), f"{prefix}{f.name}.")
+        else:
+            lines.append(f"  {prefix}{f.name}={value}".ljust(40) + f"  {f.metadata.get('help', '')}")
+    return lines

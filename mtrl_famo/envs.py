@@ -1,0 +1,87 @@
+"""Meta-World benchmark factory: MT1 / MT10 / MT50 as gymnasium vector envs.
+
+Environment ``i`` of the vector env is task ``i``: its observation ends in the
+task's one-hot (Meta-World's ``OneHotWrapper``), and the replay buffer keeps one
+partition per environment.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+
+import gymnasium as gym
+import metaworld  # noqa: F401  (registers the Meta-World/* environments)
+import numpy as np
+from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+from mtrl_famo.config import BenchmarkConfig, ConfigError
+
+_VECTOR_IDS = {"mt10": "Meta-World/MT10", "mt50": "Meta-World/MT50"}
+
+
+def check_env_name(env_name: str) -> None:
+    """:raises ConfigError: if ``env_name`` is not a Meta-World v3 task."""
+    if env_name not in ALL_V3_ENVIRONMENTS:
+        raise ConfigError(
+            f"benchmark.env_name={env_name!r} is not a Meta-World v3 task; allowed: "
+            + ", ".join(sorted(ALL_V3_ENVIRONMENTS))
+        )
+
+
+def make_envs(cfg: BenchmarkConfig, seed: int) -> gym.vector.VectorEnv:
+    """One environment per task, one-hot task ids, same-step autoreset.
+
+    :param cfg: benchmark config (name, env_name for mt1, vector strategy, episode length).
+    :param seed: seeds the benchmark's goal positions, the envs and their action spaces.
+    :return: a vector env with ``num_envs == num_tasks``; observations ``[num_tasks, obs_dim]``.
+    """
+    common = dict(
+        seed=seed,
+        use_one_hot=True,
+        max_episode_steps=cfg.max_episode_steps,
+        reward_function_version="v2",
+    )
+    with warnings.catch_warnings():
+        # Meta-World declares float64 bounds for float32 spaces; gymnasium warns once per env.
+        warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
+        envs = _make_vector_env(cfg, common)
+    if envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.SAME_STEP:
+        raise RuntimeError(f"{cfg.name}: expected same-step autoreset, got {envs.metadata.get('autoreset_mode')}")
+    envs.action_space.seed(seed)
+    return envs
+
+
+def _make_vector_env(cfg: BenchmarkConfig, common: dict) -> gym.vector.VectorEnv:
+    if cfg.name == "mt1":
+        check_env_name(cfg.env_name)
+        # Meta-World registers MT1 as a single env; vectorise it like MT10/MT50 are.
+        make_one = partial(metaworld.make_mt_envs, cfg.env_name, env_id=0, num_tasks=1, **common)
+        vector_cls = gym.vector.SyncVectorEnv if cfg.vector_strategy == "sync" else gym.vector.AsyncVectorEnv
+        return vector_cls([make_one], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    return gym.make_vec(_VECTOR_IDS[cfg.name], vector_strategy=cfg.vector_strategy, **common)
+
+
+def task_names(envs: gym.vector.VectorEnv) -> list[str]:
+    """Meta-World task names (``reach-v3`` ...) in environment order."""
+    class_to_name = {cls.__name__: name for name, cls in ALL_V3_ENVIRONMENTS.items()}
+    return [class_to_name[cls_name] for cls_name in envs.get_attr("task_name")]
+
+
+def true_next_obs(next_obs: np.ndarray, infos: dict) -> np.ndarray:
+    """Next observations with each finished episode's real final observation.
+
+    Under gymnasium's same-step autoreset, ``step`` returns the *reset*
+    observation for an environment whose episode just ended and puts the last
+    real observation in ``infos["final_obs"]``; the replay transition needs the
+    latter.
+
+    :param next_obs: ``[num_envs, obs_dim]`` as returned by ``step``.
+    :return: ``[num_envs, obs_dim]`` copy with final observations filled in.
+    """
+    if "final_obs" not in infos:
+        return next_obs
+    real = next_obs.copy()
+    for i in np.flatnonzero(infos["_final_obs"]):
+        real[i] = infos["final_obs"][i]
+    return real

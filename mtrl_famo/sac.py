@@ -1,0 +1,215 @@
+"""Multi-task soft actor-critic: per-task loss vectors and the update step.
+
+Every loss is computed per task, as a ``[num_tasks]`` vector, from a batch whose
+rows are grouped by task (:class:`~mtrl_famo.buffer.Batch`). The critic and
+actor vectors go to an aggregator, which turns them into one update of that
+network: loss-weighting aggregators (mean, FAMO) take the loss vector, gradient
+aggregators (PCGrad, CAGrad) take the ``[num_tasks, num_params]`` per-task
+gradients, built with one batched backward. The per-task temperatures are
+independent parameters, so their losses are simply summed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from mtrl_famo.aggregators import make_aggregator
+from mtrl_famo.aggregators.famo import FAMO
+from mtrl_famo.aggregators.per_task_grads import assign_flat_grad, gradient_diagnostics, per_task_gradients
+from mtrl_famo.buffer import Batch
+from mtrl_famo.config import AgentConfig, AggregatorConfig, aggregator_options
+from mtrl_famo.networks import Actor, TwinQ, squashed_sample
+
+TaskLoss = Callable[..., torch.Tensor]
+
+
+def critic_loss_fn(critic: TwinQ) -> TaskLoss:
+    """``loss(params, obs, actions, target)``: twin-Q squared TD error, averaged over the last batch dim.
+
+    With task-grouped inputs (``obs [num_tasks, b, obs_dim]``, ``target [num_tasks, b]``) it
+    returns the ``[num_tasks]`` loss vector; with one task's rows, that task's scalar loss.
+    """
+
+    def loss(params: dict, obs: torch.Tensor, actions: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        q1, q2 = functional_call(critic, params, (obs, actions))
+        return (q1 - target).pow(2).mean(-1) + (q2 - target).pow(2).mean(-1)
+
+    return loss
+
+
+def actor_loss_fn(actor: Actor, critic: TwinQ) -> TaskLoss:
+    """``loss(params, obs, noise, alpha)``: ``alpha * log pi(a|s) - min Q(s, a)`` averaged over the last batch dim.
+
+    ``alpha`` is ``[num_tasks, 1]`` for task-grouped inputs (``[1]`` for one task), so each
+    task's rows use that task's temperature. The critic's parameters are constants here.
+    """
+
+    def loss(params: dict, obs: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        mean, log_std = functional_call(actor, params, (obs,))
+        action, log_prob = squashed_sample(mean, log_std, noise)
+        q1, q2 = critic(obs, action)
+        return (alpha * log_prob - torch.min(q1, q2)).mean(-1)
+
+    return loss
+
+
+@torch.no_grad()
+def polyak_update(params, target_params, tau: float) -> None:
+    """``target <- (1 - tau) target + tau * online``, in place."""
+    for p, tp in zip(params, target_params):
+        tp.lerp_(p, tau)
+
+
+class MTSAC:
+    """The agent: actor, twin critic with target, per-task temperatures, optimizers, aggregators.
+
+    :param obs_dim: observation width including the task one-hot.
+    :param act_dim: action width.
+    :param num_tasks: number of tasks ``k``.
+    :param cfg: network sizes, learning rates, gamma, tau, temperature settings.
+    :param aggregator_cfg: aggregator name, options and the losses it applies to.
+    :param device: where networks and aggregator state live.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, cfg: AgentConfig,
+                 aggregator_cfg: AggregatorConfig, device: torch.device | str = "cpu"):
+        self.num_tasks = num_tasks
+        self.act_dim = act_dim
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.actor = Actor(obs_dim, act_dim, cfg.hidden_sizes, cfg.log_std_min, cfg.log_std_max).to(self.device)
+        self.critic = TwinQ(obs_dim, act_dim, cfg.hidden_sizes).to(self.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.full((num_tasks,), math.log(cfg.init_alpha), device=self.device, requires_grad=True)
+        self.target_entropy = -float(act_dim) if cfg.target_entropy is None else cfg.target_entropy
+
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+
+        options = aggregator_options(aggregator_cfg)
+        self.aggregators = {
+            loss: (make_aggregator(aggregator_cfg.name, num_tasks=num_tasks, **options)
+                   if loss in aggregator_cfg.apply_to else make_aggregator("mean", num_tasks=num_tasks))
+            for loss in ("critic", "actor")
+        }
+        for agg in self.aggregators.values():
+            agg.to(self.device)
+        self._critic_loss = critic_loss_fn(self.critic)
+        self._actor_loss = actor_loss_fn(self.actor, self.critic)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """Actions for a ``[n, obs_dim]`` observation array, as a ``[n, act_dim]`` numpy array."""
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        action = self.actor.deterministic(obs_t) if deterministic else self.actor.sample(obs_t)[0]
+        return action.cpu().numpy()
+
+    def update(self, batch: Batch, diagnostics: bool = False) -> dict[str, torch.Tensor]:
+        """One MT-SAC update (critic, actor, temperatures, target critic) on a task-grouped batch.
+
+        :param batch: rows grouped by task, ``[num_tasks, per_task_batch, ...]``.
+        :param diagnostics: also compute the per-task gradient statistics (cosine similarity,
+            conflicts) where the aggregator does not need per-task gradients anyway.
+        :return: metrics as tensors (no host sync): ``losses/critic``, ``losses/actor``,
+            ``losses/alpha``, ``alpha``, each ``[num_tasks]``; aggregator weights and
+            gradient diagnostics where available.
+        """
+        k, b = batch.rewards.shape
+        alpha = self.log_alpha.detach().exp()  # [k]
+        with torch.no_grad():
+            next_action, next_log_prob = self.actor.sample(batch.next_obs)
+            q1_next, q2_next = self.critic_target(batch.next_obs, next_action)
+            soft_value = torch.min(q1_next, q2_next) - alpha[:, None] * next_log_prob
+            target = batch.rewards + self.cfg.gamma * (1.0 - batch.terminated) * soft_value  # [k, b]
+
+        metrics: dict[str, torch.Tensor] = {}
+        metrics["losses/critic"] = self._aggregated_step(
+            "critic", self.critic, self.critic_opt, self._critic_loss,
+            (batch.obs, batch.actions, target), diagnostics, metrics)
+
+        noise = torch.randn((k, b, self.act_dim), device=self.device)
+        self.critic.requires_grad_(False)  # the actor's loss must not build critic gradients
+        try:
+            metrics["losses/actor"] = self._aggregated_step(
+                "actor", self.actor, self.actor_opt, self._actor_loss,
+                (batch.obs, noise, alpha[:, None]), diagnostics, metrics)
+        finally:
+            self.critic.requires_grad_(True)
+
+        with torch.no_grad():
+            _, log_prob = self.actor.sample(batch.obs, noise)  # [k, b], with the updated actor
+        alpha_losses = -(self.log_alpha[:, None] * (log_prob + self.target_entropy)).mean(-1)  # [k]
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_losses.sum().backward()
+        self.alpha_opt.step()
+
+        polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.cfg.tau)
+        metrics["losses/alpha"] = alpha_losses.detach()
+        metrics["alpha"] = self.log_alpha.detach().exp()
+        return metrics
+
+    def _aggregated_step(self, name: str, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                         loss_fn: TaskLoss, task_args: tuple, diagnostics: bool,
+                         metrics: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Combine one network's per-task losses with its aggregator and take one optimizer step.
+
+        :param task_args: tensors with a leading task dimension, ``loss_fn``'s inputs after ``params``.
+        :return: the ``[num_tasks]`` losses before the step (detached).
+        """
+        aggregator = self.aggregators[name]
+        params = dict(module.named_parameters())
+        grads = None
+        if aggregator.uses_task_gradients or diagnostics:
+            grads, _, losses = per_task_gradients(module, loss_fn, task_args, return_losses=True)  # [k, P], [k]
+        if diagnostics:
+            for key, value in gradient_diagnostics(grads).items():
+                metrics[f"aggregator/{name}/{key}"] = torch.as_tensor(value)
+        if aggregator.uses_task_gradients:
+            direction = aggregator.combine(grads)
+            optimizer.zero_grad(set_to_none=True)
+            assign_flat_grad(module, direction)
+        else:
+            losses = loss_fn(params, *task_args)  # [k]
+            combined = aggregator.combine_losses(losses)
+            optimizer.zero_grad(set_to_none=True)
+            for p, g in zip(params.values(), torch.autograd.grad(combined, list(params.values()))):
+                p.grad = g
+        optimizer.step()
+        if isinstance(aggregator, FAMO):  # FAMO learns its weights from the step's effect on the losses
+            with torch.no_grad():
+                aggregator.update(loss_fn(params, *task_args))
+        if aggregator.task_weights is not None:
+            metrics[f"aggregator/{name}/weights"] = aggregator.task_weights.detach()
+        return losses.detach()
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume training exactly: networks, temperatures, optimizers, aggregators."""
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "alpha_opt": self.alpha_opt.state_dict(),
+            "aggregators": {name: agg.state_dict() for name, agg in self.aggregators.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.alpha_opt.load_state_dict(state["alpha_opt"])
+        for name, agg in self.aggregators.items():
+            agg.load_state_dict(state["aggregators"][name])
