@@ -22,12 +22,16 @@ USAGE = """usage: mtrl-famo COMMAND [key=value ...]
 commands:
   train   train an MT-SAC agent (resumes when run_dir holds a checkpoint)
   eval    evaluate a run's latest checkpoint: mtrl-famo eval run_dir=DIR [eval.episodes=50]
+  report  tables and plots across runs and seeds: mtrl-famo report RUN_DIR... [--out DIR]
+  video   videos of a run's policy: mtrl-famo video run_dir=DIR [task=NAME] [episodes=1] [out=DIR]
 
 examples:
   mtrl-famo train
   mtrl-famo train benchmark=mt50 aggregator=famo seed=3 device=cpu train.total_steps=20000 run_dir=runs/x
   mtrl-famo train benchmark=mt1 benchmark.env_name=reach-v3
   mtrl-famo eval run_dir=runs/x eval.episodes=50
+  mtrl-famo report runs/ --out report/
+  mtrl-famo video run_dir=runs/x task=reach-v3
 
 `mtrl-famo train --help` lists every config key."""
 
@@ -67,7 +71,19 @@ def eval_command(overrides: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": train_command, "eval": eval_command}
+def report_command(args: list[str]) -> int:
+    from mtrl_famo import report  # matplotlib, scipy: only for this command
+
+    return report.main(args)
+
+
+def video_command(args: list[str]) -> int:
+    from mtrl_famo import video
+
+    return video.main(args)
+
+
+COMMANDS = {"train": train_command, "eval": eval_command, "report": report_command, "video": video_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"mtrl-famo: error: unknown command {command!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    if "-h" in overrides or "--help" in overrides:
+    if command in ("train", "eval") and ("-h" in overrides or "--help" in overrides):
         print(_help_text())
         return 0
     try:

@@ -122,12 +122,23 @@ class EvalConfig:
 
 
 @dataclass
+class VideoConfig:
+    every: Optional[int] = doc(None, "steps between policy videos in run_dir/videos during training; null = off")
+    tasks: Optional[List[str]] = doc(None, "tasks to film, e.g. [reach-v3,push-v3]; null = every task")
+    episodes: int = doc(1, "episodes per task in each video")
+    camera: str = doc("corner", "Meta-World camera: corner, corner2, corner3, corner4, topview, behindGripper")
+    width: int = doc(480, "video frame width in pixels")
+    height: int = doc(480, "video frame height in pixels")
+
+
+@dataclass
 class Config:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     seed: int = doc(0, "seed of environments, networks and replay sampling")
     device: str = doc("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     run_dir: Optional[str] = doc(None, "output folder; an existing run there is resumed. Default runs/<benchmark>-<aggregator>-s<seed>")
@@ -204,6 +215,10 @@ def validate(cfg: Config) -> Config:
     _check_steps(e.every, "eval.every")
     _check_steps(e.episodes, "eval.episodes")
     _check_steps(e.final_episodes, "eval.final_episodes")
+
+    from mtrl_famo.video import check_video_config
+
+    check_video_config(cfg)
 
     _check_steps(cfg.seed, "seed", allow_zero=True)
     _require(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),

@@ -85,3 +85,19 @@ def true_next_obs(next_obs: np.ndarray, infos: dict) -> np.ndarray:
     for i in np.flatnonzero(infos["_final_obs"]):
         real[i] = infos["final_obs"][i]
     return real
+
+
+def step_async(envs: gym.vector.VectorEnv, actions: np.ndarray) -> np.ndarray | None:
+    """Start a vector step: worker processes begin stepping now for ``AsyncVectorEnv``.
+
+    :return: the actions still to be applied by :func:`step_wait` (sync envs), else None.
+    """
+    if isinstance(envs, gym.vector.AsyncVectorEnv):
+        envs.step_async(actions)
+        return None
+    return actions
+
+
+def step_wait(envs: gym.vector.VectorEnv, pending: np.ndarray | None) -> tuple:
+    """Finish the step started by :func:`step_async`; returns what ``envs.step`` returns."""
+    return envs.step_wait() if pending is None else envs.step(pending)

@@ -75,10 +75,14 @@ class MTSAC:
     :param cfg: network sizes, learning rates, gamma, tau, temperature settings.
     :param aggregator_cfg: aggregator name, options and the losses it applies to.
     :param device: where networks and aggregator state live.
+    :param task_gradients: builds the ``[num_tasks, num_params]`` gradient matrix; the
+        one-pass ``per_task_gradients`` (default) or the k-pass ``per_task_gradients_loop``
+        reference, same signature.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, cfg: AgentConfig,
-                 aggregator_cfg: AggregatorConfig, device: torch.device | str = "cpu"):
+                 aggregator_cfg: AggregatorConfig, device: torch.device | str = "cpu",
+                 task_gradients: Callable = per_task_gradients):
         self.num_tasks = num_tasks
         self.act_dim = act_dim
         self.cfg = cfg
@@ -101,6 +105,7 @@ class MTSAC:
         }
         for agg in self.aggregators.values():
             agg.to(self.device)
+        self.task_gradients = task_gradients
         self._critic_loss = critic_loss_fn(self.critic)
         self._actor_loss = actor_loss_fn(self.actor, self.critic)
 
@@ -167,7 +172,7 @@ class MTSAC:
         params = dict(module.named_parameters())
         grads = None
         if aggregator.uses_task_gradients or diagnostics:
-            grads, _, losses = per_task_gradients(module, loss_fn, task_args, return_losses=True)  # [k, P], [k]
+            grads, _, losses = self.task_gradients(module, loss_fn, task_args, return_losses=True)  # [k, P], [k]
         if diagnostics:
             for key, value in gradient_diagnostics(grads).items():
                 metrics[f"aggregator/{name}/{key}"] = torch.as_tensor(value)

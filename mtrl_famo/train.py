@@ -18,9 +18,10 @@ from tqdm import tqdm
 from mtrl_famo.buffer import ReplayBuffer
 from mtrl_famo.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, write_json
 from mtrl_famo.config import Config
-from mtrl_famo.envs import make_envs, task_names, true_next_obs
+from mtrl_famo.envs import make_envs, step_async, step_wait, task_names, true_next_obs
 from mtrl_famo.evaluate import EvalResult, evaluate
 from mtrl_famo.sac import MTSAC
+from mtrl_famo.video import PeriodicVideos
 
 EVALS_NAME = "evals.jsonl"
 RESULTS_NAME = "results.json"
@@ -102,6 +103,8 @@ class Trainer:
         self.buffer = ReplayBuffer(self.num_tasks, capacity, obs_dim, act_dim, self.device)
         self.step = 0
         self.evals: list[EvalResult] = []
+        #: wall seconds spent choosing actions, in gradient updates and waiting for the envs.
+        self.timing = {"act": 0.0, "update": 0.0, "env": 0.0}
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -166,6 +169,7 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def run(self, resume: bool = False) -> dict:
         """Train to ``total`` steps (continuing from the checkpoint when ``resume``); return the results."""
+        self.videos = PeriodicVideos(self.cfg, self.task_names, self.run_dir) if self.cfg.video.every else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()
@@ -190,6 +194,13 @@ class Trainer:
         return results
 
     def _loop(self, writer: SummaryWriter) -> None:
+        """Collect and learn until ``total`` steps.
+
+        Each iteration sends the actions to the envs (``step_async``), runs the gradient
+        updates on the replay data gathered so far while the envs step (in parallel with
+        ``benchmark.vector_strategy=async``), then stores the new transitions. The order is
+        the same for sync and async envs, so both give the same run for the same seed.
+        """
         cfg, n, k = self.cfg, self.lengths, self.num_tasks
         obs, _ = self.envs.reset(seed=cfg.seed + self.step)
         episode_success = np.zeros(k, dtype=bool)
@@ -197,25 +208,32 @@ class Trainer:
         bar = tqdm(total=n.total, initial=self.step, unit="step", unit_scale=True, dynamic_ncols=True,
                    disable=not cfg.train.progress, mininterval=1.0)
         while self.step < n.total:
-            if self.step < n.warmup:
-                actions = self.envs.action_space.sample()
-            else:
-                actions = self.agent.act(obs)
-            next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
-            self.buffer.add(obs, actions, rewards, true_next_obs(next_obs, infos), terminated)
-            episode_success |= self._step_success(infos, terminated | truncated)
-            self._log_finished_episodes(writer, infos, terminated | truncated, episode_success)
-            obs = next_obs
             prev_step, self.step = self.step, self.step + k
-            bar.update(k)
+            clock = time.perf_counter()
+            learning = prev_step >= n.warmup and self.buffer.size > 0
+            actions = self.agent.act(obs) if learning else self.envs.action_space.sample()
+            pending = step_async(self.envs, actions)
+            self.timing["act"] += time.perf_counter() - clock
 
-            if self.step >= n.warmup:
+            clock = time.perf_counter()
+            if learning:
                 log_now = crossed(prev_step, self.step, n.log_every)
                 for u in range(cfg.train.updates_per_step):
                     metrics = self.agent.update(self.buffer.sample(cfg.train.per_task_batch),
                                                 diagnostics=log_now and u == 0)
                     if log_now and u == 0:
                         self._log_update(writer, metrics)
+            self.timing["update"] += time.perf_counter() - clock
+
+            clock = time.perf_counter()
+            next_obs, rewards, terminated, truncated, infos = step_wait(self.envs, pending)
+            self.timing["env"] += time.perf_counter() - clock
+            self.buffer.add(obs, actions, rewards, true_next_obs(next_obs, infos), terminated)
+            episode_success |= self._step_success(infos, terminated | truncated)
+            self._log_finished_episodes(writer, infos, terminated | truncated, episode_success)
+            obs = next_obs
+            bar.update(k)
+
             if crossed(prev_step, self.step, n.log_every):
                 now = time.perf_counter()
                 writer.add_scalar("charts/SPS", (self.step - sps_step) / (now - sps_clock), self.step)
@@ -223,6 +241,8 @@ class Trainer:
             if crossed(prev_step, self.step, n.eval_every) and self.step < n.total:
                 result = self._evaluate(writer, cfg.eval.episodes)
                 bar.set_postfix(success=f"{result.mean_success_rate:.2f}")
+            if self.videos is not None and crossed(prev_step, self.step, cfg.video.every):
+                self.videos(self.agent, self.step)
             if crossed(prev_step, self.step, n.checkpoint_every) and self.step < n.total:
                 self.save()
         bar.close()

@@ -81,7 +81,8 @@ class Aggregator:
         return f"{type(self).__name__}()"
 
     # -- checks used by subclasses --------------------------------------------
-    def _check_matrix(self, G: Tensor) -> Tensor:
+    def _check_matrix(self, G: Tensor, check_values: bool = True) -> Tensor:
+        """Shape and dtype checks; ``check_values=False`` leaves the NaN/inf check to :func:`gram_matrix`."""
         expected = f"[num_tasks={self.num_tasks}, num_params]"
         if not isinstance(G, Tensor):
             raise ValueError(f"expected G to be a torch.Tensor of shape {expected}, got {type(G).__name__}")
@@ -89,7 +90,8 @@ class Aggregator:
             raise ValueError(f"expected G of shape {expected}, got {tuple(G.shape)}")
         if not G.is_floating_point():
             raise ValueError(f"expected G to be a floating point tensor, got dtype {G.dtype}")
-        check_finite(G, "G")
+        if check_values:
+            check_finite(G, "G")
         return G
 
     def _check_losses(self, losses: Tensor | Sequence[Tensor], name: str = "losses") -> Tensor:
@@ -114,6 +116,21 @@ class Aggregator:
                 f"state dict does not match {self!r}: missing keys {sorted(missing)}, "
                 f"unexpected keys {sorted(unexpected)}"
             )
+
+
+def gram_matrix(G: Tensor) -> Tensor:
+    """``G G^T`` as float64 on the CPU, checked for NaN/inf.
+
+    Computed in ``G``'s own dtype (a float64 copy of a ``[k, P]`` float32 matrix would
+    cost more than the product), then cast: the ``[k, k]`` result is what the
+    aggregators' small solvers work on. A row of ``G`` with NaN or inf makes its
+    diagonal entry non-finite, so checking the diagonal checks all of ``G``.
+
+    :param G: ``[num_tasks, num_params]``. :returns: ``[num_tasks, num_tasks]`` float64.
+    """
+    gram = (G @ G.T).to("cpu", torch.float64)  # one device sync
+    check_finite(gram.diagonal(), "G")
+    return gram
 
 
 def check_finite(x: Tensor, name: str) -> None:

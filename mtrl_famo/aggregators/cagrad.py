@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Aggregator, check_float
+from .base import Aggregator, check_float, gram_matrix
 
 
 class CAGrad(Aggregator):
@@ -51,16 +51,15 @@ class CAGrad(Aggregator):
 
     def combine(self, G: Tensor) -> Tensor:
         """:param G: ``[num_tasks, num_params]``. :returns: ``[num_params]`` direction."""
-        G = self._check_matrix(G)
-        G64 = G.to(torch.float64)
-        gram = (G64 @ G64.T).cpu().numpy()  # [k, k], one device sync
+        G = self._check_matrix(G, check_values=False)
+        gram = gram_matrix(G).numpy()  # [k, k] float64, one device sync
         w, coef = cagrad_weights(gram, self.c, info=self.solver_info)
         self._weights = torch.from_numpy(w)
         if self.c == 0.0:
             return G.mean(dim=0)
         # d = (g0 + coef * g_w) / (1 + c^2) = alpha @ G
         alpha = (1.0 / self.num_tasks + coef * w) / (1.0 + self.c**2)
-        return (torch.from_numpy(alpha).to(G.device) @ G64).to(G.dtype)
+        return torch.from_numpy(alpha).to(G.device, G.dtype) @ G
 
     @property
     def task_weights(self) -> Tensor | None:

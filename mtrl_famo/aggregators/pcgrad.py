@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Aggregator
+from .base import Aggregator, gram_matrix
 
 
 class PCGrad(Aggregator):
@@ -43,12 +43,11 @@ class PCGrad(Aggregator):
 
     def combine(self, G: Tensor) -> Tensor:
         """:param G: ``[num_tasks, num_params]``. :returns: ``[num_params]`` direction."""
-        G = self._check_matrix(G)
+        G = self._check_matrix(G, check_values=False)
         k = self.num_tasks
         if k == 1:
             return G[0].clone()
-        G64 = G.to(torch.float64)
-        gram = (G64 @ G64.T).cpu()  # [k, k], one device sync
+        gram = gram_matrix(G)  # [k, k] float64 on CPU, one device sync
 
         # order[i] is a uniformly random permutation of the tasks other than i.
         keys = torch.rand(k, k, generator=self._generator, dtype=torch.float64)
@@ -63,8 +62,8 @@ class PCGrad(Aggregator):
             j = order[:, step]  # [k]: the task each i projects against now
             dots = (coef * gram[j]).sum(dim=1)  # (projected g_i) . g_j
             coef[rows, j] -= torch.where(dots < 0, dots / sq_norms[j], torch.zeros_like(dots))
-        weights = coef.mean(dim=0).to(G.device)
-        return (weights @ G64).to(G.dtype)
+        weights = coef.mean(dim=0).to(G.device, G.dtype)
+        return weights @ G
 
     def state_dict(self) -> dict[str, Any]:
         """``{"generator": ByteTensor}``: the state of the order generator."""
