@@ -20,7 +20,8 @@ from mtrl_famo.config import Config, ConfigError, field_help
 USAGE = """usage: mtrl-famo COMMAND [key=value ...]
 
 commands:
-  train   train an MT-SAC agent (resumes when run_dir holds a checkpoint)
+  train   train an MT-SAC agent (resumes when run_dir holds a checkpoint);
+          with --multirun, a sweep over comma-separated values (Hydra multirun)
   eval    evaluate a run's latest checkpoint: mtrl-famo eval run_dir=DIR [eval.episodes=50]
   report  tables and plots across runs and seeds: mtrl-famo report RUN_DIR... [--out DIR]
   video   videos of a run's policy: mtrl-famo video run_dir=DIR [task=NAME] [episodes=1] [out=DIR]
@@ -30,6 +31,7 @@ examples:
   mtrl-famo train benchmark=mt50 aggregator=famo seed=3 device=cpu train.total_steps=20000 run_dir=runs/x
   mtrl-famo train benchmark=mt1 benchmark.env_name=reach-v3
   mtrl-famo eval run_dir=runs/x eval.episodes=50
+  mtrl-famo train --multirun hydra/launcher=local hydra.sweep.dir=sweeps/s aggregator=mean,famo seed=0,1
   mtrl-famo report runs/ --out report/
   mtrl-famo video run_dir=runs/x task=reach-v3
 
@@ -47,7 +49,16 @@ def _help_text() -> str:
 
 
 def train_command(overrides: list[str]) -> int:
+    if any(flag in overrides for flag in ("--multirun", "-m")):
+        from mtrl_famo.sweep import run_sweep
+
+        return run_sweep(overrides)
     cfg, resume = runconfig.train_config(overrides)
+    finished = runconfig.finished_results(cfg)
+    if finished is not None:
+        print(f"{cfg.run_dir} already finished at step {finished['step']} "
+              f"(mean success {finished['mean_success_rate']:.2f}); raise train.total_steps to extend it")
+        return 0
     from mtrl_famo.train import Trainer  # heavy imports (torch, metaworld) after the input is checked
 
     trainer = Trainer(cfg)

@@ -7,6 +7,7 @@ between a fresh run and a resume.
 
 from __future__ import annotations
 
+import json
 import re
 from importlib import resources
 from pathlib import Path
@@ -24,6 +25,7 @@ GROUPS = ("benchmark", "aggregator", "agent")
 RESUMABLE_PREFIXES = ("train", "eval", "device", "run_dir")
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
+RESULTS_FILE = "results.json"
 
 
 def config_dir() -> Path:
@@ -101,24 +103,35 @@ def default_run_dir(cfg: Config) -> str:
 
 
 def load_saved_config(run_dir: Path) -> Config:
-    saved = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(run_dir / CONFIG_FILE))
-    # The saved aggregator node is a subclass schema; re-type it from its name.
+    """The config a run was started with (its ``config.yaml``), type-checked again."""
     from mtrl_famo.config import AGGREGATOR_SCHEMAS
 
-    aggregator = OmegaConf.merge(OmegaConf.structured(AGGREGATOR_SCHEMAS[saved.aggregator.name]),
-                                 OmegaConf.load(run_dir / CONFIG_FILE).aggregator)
-    obj = OmegaConf.to_object(saved)
-    obj.aggregator = OmegaConf.to_object(aggregator)
-    return obj
+    saved = OmegaConf.load(run_dir / CONFIG_FILE)
+    aggregator = saved.pop("aggregator")
+    name = aggregator.get("name")
+    if name not in AGGREGATOR_SCHEMAS:
+        raise ConfigError(f"{run_dir / CONFIG_FILE}: aggregator {name!r} is unknown; "
+                          f"allowed: {', '.join(sorted(AGGREGATOR_SCHEMAS))}")
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), saved))
+        cfg.aggregator = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AGGREGATOR_SCHEMAS[name]),
+                                                             aggregator))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{run_dir / CONFIG_FILE} is not a valid run config: {str(exc).splitlines()[0]}") from None
+    return cfg
 
 
-def train_config(overrides: Sequence[str]) -> tuple[Config, bool]:
+def train_config(overrides: Sequence[str], composed: Config | None = None) -> tuple[Config, bool]:
     """The config of a ``train`` call and whether it resumes an existing run.
 
     A ``run_dir`` holding a checkpoint is resumed with its saved config; only
     ``train.*``, ``eval.*`` and ``device`` may be changed on the command line then.
+
+    :param overrides: the command line's ``key=value`` overrides.
+    :param composed: the config they compose to, when the caller already has it (a sweep
+        job gets it from Hydra); composed here otherwise.
     """
-    cfg = compose_config(overrides)
+    cfg = compose_config(overrides) if composed is None else validate(composed)
     if cfg.run_dir is None:
         cfg.run_dir = default_run_dir(cfg)
     run_dir = Path(cfg.run_dir)
@@ -138,12 +151,30 @@ def train_config(overrides: Sequence[str]) -> tuple[Config, bool]:
                     f"pick another run_dir for a new run)"
                 )
         resumed = OmegaConf.to_object(saved_node)
-        resumed.aggregator = saved.aggregator
         resumed.run_dir = str(run_dir)
         return validate(resumed), True
-    if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / CONFIG_FILE).exists():
+    if _holds_foreign_files(run_dir) and not (run_dir / CONFIG_FILE).exists():
         raise ConfigError(f"run_dir={str(run_dir)!r} exists and is not a mtrl-famo run; choose an empty or new folder")
     return cfg, False
+
+
+def _holds_foreign_files(run_dir: Path) -> bool:
+    """Whether ``run_dir`` has files other than what Hydra writes into a sweep job's folder."""
+    if not run_dir.exists():
+        return False
+    return any(p.name != ".hydra" and p.suffix != ".log" for p in run_dir.iterdir())
+
+
+def finished_results(cfg: Config) -> dict | None:
+    """The run's ``results.json`` if it finished with at least the configured steps, else None."""
+    path = Path(cfg.run_dir) / RESULTS_FILE
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    total = cfg.train.total_steps or cfg.train.steps_per_task * len(results.get("tasks", [])) or None
+    if results.get("finished") and total is not None and results.get("step", 0) >= total:
+        return results
+    return None
 
 
 def eval_config(overrides: Sequence[str]) -> Config:
@@ -166,5 +197,4 @@ def eval_config(overrides: Sequence[str]) -> Config:
     except OmegaConfBaseException as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
     cfg = OmegaConf.to_object(node)
-    cfg.aggregator = saved.aggregator
     return validate(cfg)

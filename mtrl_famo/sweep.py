@@ -1,0 +1,96 @@
+"""Sweeps over seeds, aggregators and any other key: ``mtrl-famo train --multirun k=a,b ...``.
+
+Hydra's multirun expands the grid and hands the jobs to a launcher: the basic one
+(sequential), ``hydra/launcher=local`` (joblib worker processes on this machine) or
+``hydra/launcher=slurm`` (submitit on a SLURM cluster). Each job trains in
+``<hydra.sweep.dir>/<its overrides>``; a job whose run finished is skipped and one
+with a checkpoint is resumed, so starting an interrupted sweep again (same
+``hydra.sweep.dir``) completes it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from typing import Sequence
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from mtrl_famo import runconfig
+from mtrl_famo.config import ConfigError, register_schemas
+
+MULTIRUN_FLAGS = ("--multirun", "-m")
+
+
+def expand_grid(overrides: Sequence[str]) -> list[list[str]]:
+    """Every combination of the sweep overrides (``seed=0,1``), ``hydra.*`` left out.
+
+    :raises ConfigError: for an override Hydra cannot parse.
+    """
+    try:
+        parsed = OverridesParser.create().parse_overrides(
+            [o for o in overrides if not _key(o).startswith("hydra")])
+    except Exception as exc:  # hydra's OverrideParseException and friends
+        raise ConfigError(f"cannot parse sweep overrides: {str(exc).splitlines()[0]}") from None
+    choices = []
+    for o in parsed:
+        key = o.get_key_element()
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        choices.append([f"{key}={v}" for v in values])
+    return [list(combo) for combo in itertools.product(*choices)]
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def run_sweep(args: Sequence[str]) -> int:
+    """Validate every job's config, then run the grid through Hydra's multirun."""
+    overrides = [a for a in args if a not in MULTIRUN_FLAGS]
+    for combo in expand_grid(overrides):
+        runconfig.compose_config(combo)  # bad input fails here, before any job starts
+    register_schemas()
+
+    @hydra.main(config_path=str(runconfig.config_dir()), config_name="config", version_base="1.3")
+    def job(cfg: DictConfig) -> float:
+        return run_sweep_job(cfg)
+
+    saved_argv = sys.argv
+    sys.argv = ["mtrl-famo", "--multirun", *overrides]
+    try:
+        job()
+    finally:
+        sys.argv = saved_argv
+    return 0
+
+
+def run_sweep_job(job_cfg: DictConfig) -> float:
+    """One job of a sweep: train (or resume, or skip) in the job's own output folder.
+
+    :param job_cfg: the job's config, composed by Hydra.
+    :return: the run's final mean success rate (Hydra keeps it as the job's return value).
+    """
+    from mtrl_famo.train import Trainer
+
+    hc = HydraConfig.get()
+    overrides = list(hc.overrides.task)
+    given = {_key(o) for o in overrides}
+    cfg = OmegaConf.to_object(job_cfg)
+    if "run_dir" not in given:
+        cfg.run_dir = hc.runtime.output_dir
+    if "train.progress" not in given:
+        cfg.train.progress = False  # parallel bars would interleave
+    if "train.torch_threads" not in given:
+        n_jobs = OmegaConf.select(hc, "launcher.n_jobs", default=1) or 1
+        n_jobs = os.cpu_count() if n_jobs < 0 else n_jobs
+        cfg.train.torch_threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    cfg, resume = runconfig.train_config(overrides, composed=cfg)
+    finished = runconfig.finished_results(cfg)
+    if finished is not None:
+        print(f"{cfg.run_dir}: already finished at step {finished['step']}, skipped")
+        return float(finished["mean_success_rate"])
+    return float(Trainer(cfg).run(resume=resume)["mean_success_rate"])
