@@ -1,0 +1,67 @@
+"""Throughput of the whole training loop (collect + update): vector steps per second.
+
+For MT10 and MT50, per aggregator, on CPU and on CUDA when present, with the default
+networks (3x400) and batch (128 rows per task). Prints where the time goes (choosing
+actions, gradient updates, waiting for the envs) and the projected wall time of a full
+run (2M steps per task = 2M vector steps, one update each).
+
+    python scripts/bench_throughput.py [--benchmarks mt10 mt50] [--aggregators mean famo pcgrad cagrad]
+                                       [--steps 30] [--strategy sync|async] [--device cpu cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import torch
+
+from mtrl_famo.runconfig import compose_config
+from mtrl_famo.train import Trainer
+
+FULL_RUN_VECTOR_STEPS = 2_000_000
+
+
+def measure(benchmark: str, aggregator: str, device: str, strategy: str, steps: int, extra: list[str]) -> dict:
+    """Run ``steps`` learning vector steps (after a few random warm-up steps) and read the loop's timers."""
+    k = {"mt10": 10, "mt50": 50}[benchmark]
+    warmup = 5
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = compose_config([
+            f"benchmark={benchmark}", f"aggregator={aggregator}", f"device={device}",
+            f"benchmark.vector_strategy={strategy}", f"train.total_steps={(warmup + steps) * k}",
+            f"train.warmup_steps={warmup * k}", "train.buffer_size=100000", "train.progress=false",
+            "train.log_every=100000000", "eval.every=100000000", "eval.final_episodes=1", f"run_dir={run_dir}",
+            *extra,
+        ])
+        trainer = Trainer(cfg, out=lambda *_: None)
+        trainer.run()
+    t = trainer.timing
+    seconds = sum(t.values())
+    return {"steps_per_s": (warmup + steps) / seconds, **{name: 1e3 * v / (warmup + steps) for name, v in t.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--benchmarks", nargs="+", default=["mt10", "mt50"])
+    parser.add_argument("--aggregators", nargs="+", default=["mean", "famo", "pcgrad", "cagrad"])
+    parser.add_argument("--steps", type=int, default=30, help="learning vector steps measured per setting")
+    parser.add_argument("--strategy", default="sync", choices=["sync", "async"])
+    parser.add_argument("--device", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    parser.add_argument("overrides", nargs="*", help="extra mtrl-famo overrides, e.g. train.torch_threads=2")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}; {args.strategy} envs; 3x400 networks, 128 rows per task; "
+          f"{args.steps} learning vector steps per row (incl. 5 random warm-up steps)\n")
+    print("| device | benchmark | aggregator | vector steps/s | act ms | update ms | env ms | full run (2M/task) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for device in args.device:
+        for benchmark in args.benchmarks:
+            for aggregator in args.aggregators:
+                r = measure(benchmark, aggregator, device, args.strategy, args.steps, args.overrides)
+                hours = FULL_RUN_VECTOR_STEPS / r["steps_per_s"] / 3600
+                print(f"| {device} | {benchmark} | {aggregator} | {r['steps_per_s']:.1f} | {r['act']:.1f} | "
+                      f"{r['update']:.1f} | {r['env']:.1f} | {hours:,.0f} h |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
