@@ -43,7 +43,12 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically."""
-    _atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    _atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def checkpoint_path(run_dir: Path) -> Path:
