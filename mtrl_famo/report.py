@@ -519,9 +519,12 @@ def plot_heatmap(bench: str, groups: list[GroupSummary]):
     import matplotlib.pyplot as plt
 
     tasks = groups[0].tasks
-    values = np.array([[g.scores[:, j].mean() for g in groups] for j in range(len(tasks))] +
-                      [[g.mean for g in groups]])  # [tasks + 1, groups]
-    labels = tasks + ["mean over tasks"]
+    rows = [[g.scores[:, j].mean() for g in groups] for j in range(len(tasks))]
+    labels = list(tasks)
+    if len(tasks) > 1:
+        rows.append([g.mean for g in groups])
+        labels.append("mean over tasks")
+    values = np.array(rows)  # [tasks (+ mean), groups]
     width = max(5.0, 2.8 + 1.15 * len(groups))
     height = 1.6 + 0.3 * len(labels)
     fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
@@ -531,7 +534,8 @@ def plot_heatmap(bench: str, groups: list[GroupSummary]):
                   rotation=30 if len(groups) > 3 else 0, ha="right" if len(groups) > 3 else "center")
     ax.xaxis.set_ticks_position("top")
     ax.xaxis.set_label_position("top")
-    ax.axhline(len(tasks) - 0.5, color="white", linewidth=3)
+    if len(tasks) > 1:
+        ax.axhline(len(tasks) - 0.5, color="white", linewidth=3)
     ax.tick_params(length=0)
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
@@ -553,7 +557,7 @@ def plot_per_task_curves(bench: str, groups: list[GroupSummary]):
     tasks = groups[0].tasks
     ncols = min(5, len(tasks))
     nrows = math.ceil(len(tasks) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols + 0.6, 2.1 * nrows + 1.1), sharex=True,
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(7.5, 2.9 * ncols + 2.2), 2.1 * nrows + 1.3), sharex=True,
                              sharey=True, squeeze=False, layout="constrained")
     data = {g.aggregator: curves(g.runs, tasks) for g in groups}
     bands = {g.aggregator: bootstrap_ci_over_runs(data[g.aggregator][1]) for g in groups}

@@ -22,7 +22,7 @@ from mtrl_famo.config import Config, ConfigError, register_schemas, validate
 
 GROUPS = ("benchmark", "aggregator", "agent")
 # What may change when a run is resumed; everything else must match the saved run.
-RESUMABLE_PREFIXES = ("train", "eval", "device", "run_dir")
+RESUMABLE_PREFIXES = ("train", "eval", "video", "device", "run_dir")
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
 RESULTS_FILE = "results.json"
@@ -147,7 +147,7 @@ def train_config(overrides: Sequence[str], composed: Config | None = None) -> tu
             elif OmegaConf.select(saved_node, key) != OmegaConf.select(new_node, key):
                 raise ConfigError(
                     f"run_dir={str(run_dir)!r} holds a run with {key}={OmegaConf.select(saved_node, key)}; "
-                    f"cannot resume it with {o!r} (only train.*, eval.* and device may change; "
+                    f"cannot resume it with {o!r} (only train.*, eval.*, video.* and device may change; "
                     f"pick another run_dir for a new run)"
                 )
         resumed = OmegaConf.to_object(saved_node)

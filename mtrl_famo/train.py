@@ -16,7 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from mtrl_famo.buffer import ReplayBuffer
-from mtrl_famo.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, write_json
+from mtrl_famo.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, write_json, write_text
 from mtrl_famo.config import Config
 from mtrl_famo.envs import make_envs, step_async, step_wait, task_names, true_next_obs
 from mtrl_famo.evaluate import EvalResult, evaluate
@@ -146,12 +146,9 @@ class Trainer:
         evals_file = self.run_dir / EVALS_NAME
         if evals_file.exists():
             kept = [json.loads(line) for line in evals_file.read_text().splitlines() if line.strip()]
-            kept = [e for e in kept if e["step"] <= self.step]
-            self.evals = [EvalResult(e["step"], e["episodes"], e["success_rate"], e["episodic_return"]) for e in kept]
-            write_evals = "".join(json.dumps(e) + "\n" for e in kept)
-            tmp = evals_file.with_suffix(".tmp")
-            tmp.write_text(write_evals)
-            os.replace(tmp, evals_file)
+            self.evals = [EvalResult(e["step"], e["episodes"], e["success_rate"], e["episodic_return"])
+                          for e in kept if e["step"] <= self.step]
+            self._write_evals()
 
     def load_agent_from_checkpoint(self) -> None:
         """Networks, temperatures and step of the run's checkpoint (for evaluation)."""
@@ -169,7 +166,8 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def run(self, resume: bool = False) -> dict:
         """Train to ``total`` steps (continuing from the checkpoint when ``resume``); return the results."""
-        self.videos = PeriodicVideos(self.cfg, self.task_names, self.run_dir) if self.cfg.video.every else None
+        self.videos = (PeriodicVideos(self.cfg, self.task_names, self.run_dir, self.out, self.eval_envs)
+                       if self.cfg.video.every else None)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()
@@ -289,10 +287,13 @@ class Trainer:
             writer.add_scalar(f"charts/success_rate/{name}", result.success_rate[name], self.step)
             writer.add_scalar(f"charts/eval_return/{name}", result.episodic_return[name], self.step)
         writer.flush()
-        self.evals.append(result)
-        with open(self.run_dir / EVALS_NAME, "a") as f:
-            f.write(json.dumps(result.to_dict()) + "\n")
+        # One record per step: the final evaluation replaces a periodic one at the same step.
+        self.evals = [e for e in self.evals if e.step != result.step] + [result]
+        self._write_evals()
         return result
+
+    def _write_evals(self) -> None:
+        write_text(self.run_dir / EVALS_NAME, "".join(json.dumps(e.to_dict()) + "\n" for e in self.evals))
 
     def _results(self, final: EvalResult) -> dict:
         return {

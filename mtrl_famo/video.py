@@ -34,14 +34,16 @@ if TYPE_CHECKING:  # heavy imports stay inside the functions that need them
     from mtrl_famo.sac import MTSAC
 
 GL_BACKENDS = ("egl", "osmesa")  # tried in this order when MUJOCO_GL is not set
-KNOWN_GL = ("egl", "osmesa", "glfw")
+KNOWN_GL = ("egl", "osmesa", "glfw", "glx")
 GL_INSTALL = ("install EGL (Debian: apt-get install libegl1 libgl1) or OSMesa (Debian: apt-get install libosmesa6)")
 FPS = 50  # 0.625x real time (Meta-World steps are 12.5 ms); 20 ms is a delay every GIF viewer honours
 FORMATS = ("auto", "mp4", "gif")
 VIDEOS_DIR = "videos"
 
-_PROBE = ("import importlib, sys; m = importlib.import_module('mujoco.' + sys.argv[1]); "
-          "c = m.GLContext(16, 16); c.make_current(); c.free()")
+# `import mujoco` picks its GLContext class from MUJOCO_GL, as rendering in this process will.
+# A warning while making the context (GLFW without a display warns instead of raising) is a failure.
+_PROBE = ("import warnings, mujoco; warnings.simplefilter('error'); "
+          "c = mujoco.GLContext(16, 16); c.make_current(); c.free()")
 _chosen_backend: str | None = None
 
 
@@ -56,7 +58,7 @@ def _probe_backend(backend: str) -> str | None:
     if backend in ("egl", "osmesa"):
         env.setdefault("PYOPENGL_PLATFORM", backend)
     try:
-        proc = subprocess.run([sys.executable, "-c", _PROBE, backend], env=env, capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
                               timeout=120)
     except subprocess.TimeoutExpired:
         return "timed out creating a context"
@@ -218,9 +220,13 @@ def _benchmark_tasks(benchmark: str, seed: int) -> dict:
     return tasks
 
 
-def make_render_env(cfg: "Config", task_names: list[str], index: int, camera: str, width: int, height: int):
+def make_render_env(cfg: "Config", task_names: list[str], index: int, camera: str, width: int, height: int,
+                    goals: list | None = None, training_goals: bool = True):
     """One task's environment as in training (goals, one-hot id ``index`` of ``len(task_names)``), rendering RGB.
 
+    :param goals: the task's ``metaworld.Task`` goals; default: those training drew for MT10/MT50 with
+        ``cfg.seed`` (recomputed, a few seconds the first time in a process).
+    :param training_goals: ``False`` keeps the goals of ``MT1(task)`` (enough to check the camera).
     :raises VideoError: if ``camera`` is not a camera of the scene.
     """
     import metaworld
@@ -238,14 +244,16 @@ def make_render_env(cfg: "Config", task_names: list[str], index: int, camera: st
         cameras = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
         env.close()
         raise VideoError(f"camera={camera!r} is not a camera of {name}; allowed: {', '.join(cameras)}")
-    if cfg.benchmark.name in ("mt10", "mt50"):
+    if goals is None and training_goals and cfg.benchmark.name in ("mt10", "mt50"):
+        goals = _benchmark_tasks(cfg.benchmark.name, cfg.seed)[name]
+    if goals is not None:
         # make_mt_envs(name) draws the goals of MT1(name); training used the benchmark's own goals.
         from metaworld.wrappers import RandomTaskSelectWrapper
 
         wrapper = env
         while not isinstance(wrapper, RandomTaskSelectWrapper):
             wrapper = wrapper.env
-        wrapper.tasks = _benchmark_tasks(cfg.benchmark.name, cfg.seed)[name]
+        wrapper.tasks = list(goals)
     return env
 
 
@@ -324,12 +332,13 @@ def record_task(agent: "MTSAC", env, task: str, index: int, num_tasks: int, step
 def render_videos(agent: "MTSAC", cfg: "Config", task_names: list[str], tasks: Sequence[str], out_dir: Path,
                   step: int, episodes: int = 1, seed: int | None = None, camera: str = "corner", width: int = 480,
                   height: int = 480, fps: int = FPS, fmt: str = "auto",
-                  log: Callable[[str], None] | None = print) -> list[TaskVideo]:
+                  log: Callable[[str], None] | None = print, goals: dict | None = None) -> list[TaskVideo]:
     """Write ``out_dir/<task>-step<step>.<mp4|gif>`` for each task in ``tasks``.
 
     :param agent: the policy (its deterministic action is used).
     :param cfg: the run's config (benchmark, episode length, seed).
     :param task_names: the run's tasks in training order (one-hot index = position).
+    :param goals: ``{task: [metaworld.Task]}`` as training used them (default: recomputed from the config).
     :raises VideoError: no off-screen OpenGL, an unknown camera, or no encoder for ``fmt``.
     """
     choose_gl_backend()
@@ -338,7 +347,7 @@ def render_videos(agent: "MTSAC", cfg: "Config", task_names: list[str], tasks: S
     videos = []
     for task in tasks:
         index = task_names.index(task)
-        env = make_render_env(cfg, task_names, index, camera, width, height)
+        env = make_render_env(cfg, task_names, index, camera, width, height, (goals or {}).get(task))
         path = Path(out_dir) / f"{task}-step{step}.{fmt}"
         writer = _VideoFile(path, fmt, fps)
         try:
@@ -360,13 +369,15 @@ def render_videos(agent: "MTSAC", cfg: "Config", task_names: list[str], tasks: S
 def check_tasks(requested: Sequence[str] | None, task_names: Sequence[str], key: str = "task") -> list[str]:
     """The requested tasks (all when ``None``), in the given order.
 
+    :param key: how the user gave them: ``task`` (``mtrl-famo video``) or ``video.tasks`` (config).
     :raises VideoError: naming an unknown task and the run's tasks.
     """
     if not requested:
         return list(task_names)
     for name in requested:
         if name not in task_names:
-            raise VideoError(f"{key}={name!r} is not a task of this run; allowed: {', '.join(task_names)}")
+            given = f"{key}={name!r}" if key == "task" else f"{key} has {name!r}, which"
+            raise VideoError(f"{given} is not a task of this run; allowed: {', '.join(task_names)}")
     return list(dict.fromkeys(requested))
 
 
@@ -392,29 +403,37 @@ def check_video_config(cfg: "Config") -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"video.{key}={value!r} must be an integer >= 1")
     if v.tasks:
-        check_tasks(v.tasks, benchmark_task_names(cfg), key="video.tasks has")
+        check_tasks(v.tasks, benchmark_task_names(cfg), key="video.tasks")
 
 
 # ---------------------------------------------------------------------------------------------- training hook
 class PeriodicVideos:
     """Videos of the current policy every ``cfg.video.every`` steps, into ``run_dir/videos/``.
 
-    Construction checks off-screen OpenGL (so a run that cannot render fails before training).
-    Rendering uses its own environments: the training RNG streams are untouched.
+    Construction checks the tasks, the camera and off-screen OpenGL, so a run that
+    cannot film fails before training. Rendering uses environments of its own (with
+    the goals of ``envs``, the training envs, when given): the training RNG streams
+    are untouched and a run learns the same with or without videos.
     """
 
-    def __init__(self, cfg: "Config", task_names: list[str], run_dir: Path, log: Callable[[str], None] = print):
+    def __init__(self, cfg: "Config", task_names: list[str], run_dir: Path, log: Callable[[str], None] = print,
+                 envs=None):
         self.cfg = cfg
         self.task_names = list(task_names)
-        self.tasks = check_tasks(cfg.video.tasks, self.task_names, key="video.tasks has")
+        self.tasks = check_tasks(cfg.video.tasks, self.task_names, key="video.tasks")
         self.out_dir = Path(run_dir) / VIDEOS_DIR
         self.log = log
-        choose_gl_backend()
+        # Each sub-env's RandomTaskSelectWrapper holds the goals it trains on.
+        self.goals = dict(zip(self.task_names, envs.get_attr("tasks"))) if envs is not None else None
+        choose_gl_backend()  # before any env with a renderer exists in this process
+        v = cfg.video
+        make_render_env(cfg, self.task_names, self.task_names.index(self.tasks[0]), v.camera, v.width, v.height,
+                        training_goals=False).close()  # checks the camera
 
     def __call__(self, agent: "MTSAC", step: int) -> list[TaskVideo]:
         v = self.cfg.video
         return render_videos(agent, self.cfg, self.task_names, self.tasks, self.out_dir, step, episodes=v.episodes,
-                             camera=v.camera, width=v.width, height=v.height, log=None)
+                             camera=v.camera, width=v.width, height=v.height, log=self.log, goals=self.goals)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -493,7 +512,7 @@ def main(args: Sequence[str]) -> int:
         print(HELP)
         return 0
     opts = parse_args(args)
-    from mtrl_famo.checkpoint import checkpoint_path, load_checkpoint
+    from mtrl_famo.checkpoint import checkpoint_path
     from mtrl_famo.runconfig import CONFIG_FILE, load_saved_config
 
     run_dir = Path(opts["run_dir"])
@@ -501,8 +520,15 @@ def main(args: Sequence[str]) -> int:
         raise VideoError(f"run_dir={str(run_dir)!r} holds no checkpoint (checkpoint.pt) of a mtrl-famo run")
     cfg = load_saved_config(run_dir)
     fmt = resolve_format(opts["format"])
-    choose_gl_backend()  # before loading torch state and building envs: fail fast with one line
+    choose_gl_backend()  # before `import mujoco`, which reads MUJOCO_GL: fail fast with one line
+    task_names = benchmark_task_names(cfg)
+    tasks = check_tasks(opts["task"], task_names)
+    probe = make_render_env(cfg, task_names, task_names.index(tasks[0]), opts["camera"], opts["width"],
+                            opts["height"], training_goals=False)  # checks the camera
+    obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
+    probe.close()
 
+    from mtrl_famo.checkpoint import load_checkpoint
     from mtrl_famo.sac import MTSAC
     from mtrl_famo.train import resolve_device
 
@@ -511,13 +537,9 @@ def main(args: Sequence[str]) -> int:
     except ValueError as exc:
         raise VideoError(str(exc)) from None
     state = load_checkpoint(checkpoint_path(run_dir), map_location=device)
-    task_names = list(state.get("task_names") or benchmark_task_names(cfg))
-    tasks = check_tasks(opts["task"], task_names)
-
-    probe = make_render_env(cfg, task_names, task_names.index(tasks[0]), opts["camera"], opts["width"],
-                            opts["height"])
-    obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
-    probe.close()
+    if state.get("task_names", task_names) != task_names:
+        raise VideoError(f"checkpoint of {str(run_dir)!r} was trained on tasks {state['task_names']}, not the "
+                         f"{cfg.benchmark.name} tasks {task_names}")
     agent = MTSAC(obs_dim, act_dim, len(task_names), cfg.agent, cfg.aggregator, device)
     try:
         agent.load_state_dict(state["agent"])
