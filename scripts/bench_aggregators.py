@@ -54,23 +54,31 @@ def random_batch(k: int, per_task: int, device: torch.device) -> Batch:
                  torch.rand(k, per_task, device=device), next_obs, torch.zeros(k, per_task, device=device))
 
 
-def time_update(aggregator: str, path: str, k: int, device: torch.device, repeats: int, per_task: int) -> float:
-    """Median seconds of one ``MTSAC.update``."""
-    torch.manual_seed(0)
-    agent = MTSAC(OBS_DIM + k, ACT_DIM, k, AgentConfig(), AGGREGATOR_SCHEMAS[aggregator](), device,
-                  task_gradients=PATHS[path])
+def time_updates(settings: list[tuple[str, str]], k: int, device: torch.device, repeats: int,
+                 per_task: int) -> list[float]:
+    """Median seconds of one ``MTSAC.update`` for each (aggregator, path).
+
+    The settings take turns, one update each per round, so that a change in machine
+    load over the run affects them all alike and the ratios stay side by side.
+    """
     batch = random_batch(k, per_task, device)
-    times = []
-    for i in range(repeats + 2):  # two warm-up updates
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        agent.update(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    agents = []
+    for aggregator, path in settings:
+        torch.manual_seed(0)
+        agents.append(MTSAC(OBS_DIM + k, ACT_DIM, k, AgentConfig(), AGGREGATOR_SCHEMAS[aggregator](), device,
+                            task_gradients=PATHS[path]))
+    times: list[list[float]] = [[] for _ in settings]
+    for round_ in range(repeats + 2):  # two warm-up rounds
+        for agent, samples in zip(agents, times):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            agent.update(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if round_ >= 2:
+                samples.append(time.perf_counter() - start)
+    return [statistics.median(samples) for samples in times]
 
 
 def main() -> None:
@@ -84,7 +92,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, {args.threads} CPU thread(s), 3x400 networks, "
-          f"{args.per_task_batch} rows per task, median of {args.repeats} updates\n")
+          f"{args.per_task_batch} rows per task, median of {args.repeats} updates, settings interleaved\n")
     print("| device | k | aggregator | per-task grads | ms/update | x mean |")
     print("|---|---:|---|---|---:|---:|")
     for device in devices:
@@ -92,14 +100,11 @@ def main() -> None:
             runs = [("mean", "vmap"), ("famo", "vmap"), ("pcgrad", "vmap"), ("cagrad", "vmap")]
             if not args.no_naive:
                 runs += [(agg, path) for agg in ("pcgrad", "cagrad") for path in ("loop", "full-graph")]
-            base = None
-            for aggregator, path in runs:
-                seconds = time_update(aggregator, path, k, device, args.repeats, args.per_task_batch)
-                base = base or seconds
+            seconds = time_updates(runs, k, device, args.repeats, args.per_task_batch)
+            for (aggregator, path), sec in zip(runs, seconds):
                 shown_path = path if aggregator in ("pcgrad", "cagrad") else "-"
-                print(f"| {device.type} | {k} | {aggregator} | {shown_path} | {seconds * 1e3:.1f} | "
-                      f"{seconds / base:.2f} |", flush=True)
-
+                print(f"| {device.type} | {k} | {aggregator} | {shown_path} | {sec * 1e3:.1f} | "
+                      f"{sec / seconds[0]:.2f} |", flush=True)
 
 if __name__ == "__main__":
     main()
