@@ -37,9 +37,9 @@ def measure(benchmark: str, aggregator: str, device: str, strategy: str, steps: 
         trainer = Trainer(cfg, out=lambda *_: None)
         trainer.run()
     t = trainer.timing
-    seconds = sum(t.values())
-    return {"steps_per_s": (warmup + steps) / seconds, **{name: 1e3 * v / (warmup + steps) for name, v in t.items()}}
-
+    per_step = {"act": t["act"] / (warmup + steps), "env": t["env"] / (warmup + steps),
+                "update": t["update"] / steps}  # updates run in the learning steps only
+    return {"steps_per_s": 1.0 / sum(per_step.values()), **{name: 1e3 * v for name, v in per_step.items()}}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -51,7 +51,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra mtrl-famo overrides, e.g. train.torch_threads=2")
     args = parser.parse_args()
     print(f"torch {torch.__version__}; {args.strategy} envs; 3x400 networks, 128 rows per task; "
-          f"{args.steps} learning vector steps per row (incl. 5 random warm-up steps)\n")
+          f"{args.steps} learning vector steps per row (after 5 random warm-up steps); "
+          f"ms per vector step\n")
     print("| device | benchmark | aggregator | vector steps/s | act ms | update ms | env ms | full run (2M/task) |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for device in args.device:
