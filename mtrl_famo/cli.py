@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from omegaconf import OmegaConf
 
 from mtrl_famo import runconfig
 from mtrl_famo.checkpoint import CheckpointError

@@ -1,12 +1,10 @@
 """The mtrl-famo command line on real MT10/MT1 with tiny budgets: train, eval, resume, bad input."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
