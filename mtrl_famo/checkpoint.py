@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-CHECKPOINT_NAME = "checkpoint.pt"
+from mtrl_famo.run_files import CHECKPOINT_FILE
 
 
 class CheckpointError(RuntimeError):
@@ -52,7 +52,7 @@ def write_text(path: Path, text: str) -> None:
 
 
 def checkpoint_path(run_dir: Path) -> Path:
-    return Path(run_dir) / CHECKPOINT_NAME
+    return Path(run_dir) / CHECKPOINT_FILE
 
 
 def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:

@@ -41,10 +41,8 @@ import yaml
 from scipy.stats import trim_mean
 
 from mtrl_famo.config import AGGREGATOR_NAMES, ConfigError
+from mtrl_famo.run_files import CONFIG_FILE, EVALS_FILE, RESULTS_FILE
 
-CONFIG_NAME = "config.yaml"
-EVALS_NAME = "evals.jsonl"
-RESULTS_NAME = "results.json"
 DEFAULT_OUT = "report"
 CONFIDENCE = 0.95
 TABLE_REPS = 10_000  # bootstrap replicates of the final-evaluation statistics
@@ -105,13 +103,13 @@ def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
                               f"or folders that contain them")
         if p.is_file():
             raise ReportError(f"{str(p)!r} is a file; give run folders or folders that contain them")
-        here = sorted(c.parent for c in p.rglob(CONFIG_NAME) if (c.parent / EVALS_NAME).is_file())
-        if (p / CONFIG_NAME).is_file() and (p / EVALS_NAME).is_file():
+        here = sorted(c.parent for c in p.rglob(CONFIG_FILE) if (c.parent / EVALS_FILE).is_file())
+        if (p / CONFIG_FILE).is_file() and (p / EVALS_FILE).is_file():
             here.insert(0, p)
         if not here:
-            started = (p / CONFIG_NAME).is_file() or any(p.rglob(CONFIG_NAME))
+            started = (p / CONFIG_FILE).is_file() or any(p.rglob(CONFIG_FILE))
             hint = " (a run there has not logged an evaluation yet)" if started else ""
-            raise ReportError(f"no mtrl-famo run (a folder with {CONFIG_NAME} and {EVALS_NAME}) in "
+            raise ReportError(f"no mtrl-famo run (a folder with {CONFIG_FILE} and {EVALS_FILE}) in "
                               f"{str(p)!r}{hint}")
         for run_dir in here:
             found.setdefault(run_dir.resolve(), None)
@@ -124,9 +122,9 @@ def load_run(path: Path) -> Run | None:
     :raises ReportError: if a file of the run cannot be parsed.
     """
     try:
-        config = yaml.safe_load((path / CONFIG_NAME).read_text()) or {}
-        evals = [json.loads(line) for line in (path / EVALS_NAME).read_text().splitlines() if line.strip()]
-        results_file = path / RESULTS_NAME
+        config = yaml.safe_load((path / CONFIG_FILE).read_text()) or {}
+        evals = [json.loads(line) for line in (path / EVALS_FILE).read_text().splitlines() if line.strip()]
+        results_file = path / RESULTS_FILE
         results = json.loads(results_file.read_text()) if results_file.is_file() else None
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise ReportError(f"cannot read the run in {str(path)!r}: {type(exc).__name__}: "

@@ -19,13 +19,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mtrl_famo.config import Config, ConfigError, register_schemas, validate
+from mtrl_famo.run_files import CHECKPOINT_FILE, CONFIG_FILE, RESULTS_FILE
 
 GROUPS = ("benchmark", "aggregator", "agent")
 # What may change when a run is resumed; everything else must match the saved run.
 RESUMABLE_PREFIXES = ("train", "eval", "video", "device", "run_dir")
-CONFIG_FILE = "config.yaml"
-CHECKPOINT_FILE = "checkpoint.pt"
-RESULTS_FILE = "results.json"
 
 
 def config_dir() -> Path:

@@ -20,7 +20,6 @@ import torch
 from torch.func import functional_call
 
 from mtrl_famo.aggregators import make_aggregator
-from mtrl_famo.aggregators.famo import FAMO
 from mtrl_famo.aggregators.per_task_grads import assign_flat_grad, gradient_diagnostics, per_task_gradients
 from mtrl_famo.buffer import Batch
 from mtrl_famo.config import AgentConfig, AggregatorConfig, aggregator_options
@@ -187,7 +186,7 @@ class MTSAC:
             for p, g in zip(params.values(), torch.autograd.grad(combined, list(params.values()))):
                 p.grad = g
         optimizer.step()
-        if isinstance(aggregator, FAMO):  # FAMO learns its weights from the step's effect on the losses
+        if aggregator.needs_update:  # FAMO learns its weights from the step's effect on the losses
             with torch.no_grad():
                 aggregator.update(loss_fn(params, *task_args))
         if aggregator.task_weights is not None:

@@ -20,12 +20,10 @@ from mtrl_famo.checkpoint import checkpoint_path, load_checkpoint, save_checkpoi
 from mtrl_famo.config import Config
 from mtrl_famo.envs import make_envs, step_async, step_wait, task_names, true_next_obs
 from mtrl_famo.evaluate import EvalResult, evaluate
+from mtrl_famo.run_files import CONFIG_FILE, EVALS_FILE, RESULTS_FILE
 from mtrl_famo.sac import MTSAC
 from mtrl_famo.video import PeriodicVideos
 
-EVALS_NAME = "evals.jsonl"
-RESULTS_NAME = "results.json"
-CONFIG_NAME = "config.yaml"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -143,7 +141,7 @@ class Trainer:
     def resume(self) -> None:
         """Load the run's checkpoint and drop evaluations logged after it (they will be redone)."""
         self.load_state_dict(load_checkpoint(checkpoint_path(self.run_dir), map_location=self.device))
-        evals_file = self.run_dir / EVALS_NAME
+        evals_file = self.run_dir / EVALS_FILE
         if evals_file.exists():
             kept = [json.loads(line) for line in evals_file.read_text().splitlines() if line.strip()]
             self.evals = [EvalResult(e["step"], e["episodes"], e["success_rate"], e["episodic_return"])
@@ -173,7 +171,7 @@ class Trainer:
             self.resume()
             self.out(f"resuming {self.run_dir} from step {self.step}")
         else:
-            (self.run_dir / CONFIG_NAME).write_text(OmegaConf.to_yaml(OmegaConf.structured(self.cfg)))
+            (self.run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(self.cfg)))
         writer = SummaryWriter(str(self.run_dir / "tb"))
         if not resume:
             writer.add_text("hyperparameters", "```yaml\n" + OmegaConf.to_yaml(OmegaConf.structured(self.cfg)) + "```")
@@ -181,14 +179,14 @@ class Trainer:
             self._loop(writer)
             final = self._evaluate(writer, self.cfg.eval.final_episodes)
             results = self._results(final)
-            write_json(self.run_dir / RESULTS_NAME, results)
+            write_json(self.run_dir / RESULTS_FILE, results)
             self.save()
         finally:
             writer.close()
             self.envs.close()
             self.eval_envs.close()
         self.out(final.table())
-        self.out(f"results written to {self.run_dir / RESULTS_NAME}")
+        self.out(f"results written to {self.run_dir / RESULTS_FILE}")
         return results
 
     def _loop(self, writer: SummaryWriter) -> None:
@@ -293,7 +291,7 @@ class Trainer:
         return result
 
     def _write_evals(self) -> None:
-        write_text(self.run_dir / EVALS_NAME, "".join(json.dumps(e.to_dict()) + "\n" for e in self.evals))
+        write_text(self.run_dir / EVALS_FILE, "".join(json.dumps(e.to_dict()) + "\n" for e in self.evals))
 
     def _results(self, final: EvalResult) -> dict:
         return {

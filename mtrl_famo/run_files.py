@@ -1,0 +1,6 @@
+"""The names of the files in a run folder, shared by the code that writes and reads them."""
+
+CONFIG_FILE = "config.yaml"  # the run's resolved config
+CHECKPOINT_FILE = "checkpoint.pt"  # the latest checkpoint
+EVALS_FILE = "evals.jsonl"  # one line per evaluation
+RESULTS_FILE = "results.json"  # the final per-task table
