@@ -112,6 +112,8 @@ class TrainConfig:
     log_every: int = doc(5_000, "steps between loss/diagnostic scalars in TensorBoard")
     torch_threads: int = doc(0, "torch CPU threads; 0 = 1 thread on machines with <= 4 cores, else torch's default")
     progress: bool = doc(True, "show a progress bar with steps/s and ETA")
+    compile: bool = doc(False, "torch.compile the update's loss and per-task-gradient functions "
+                               "(slower on CPU; measure with scripts/bench_throughput.py)")
 
 
 @dataclass

@@ -77,11 +77,22 @@ class MTSAC:
     :param task_gradients: builds the ``[num_tasks, num_params]`` gradient matrix; the
         one-pass ``per_task_gradients`` (default) or the k-pass ``per_task_gradients_loop``
         reference, same signature.
+    :param immediate_checks: the aggregators check their inputs for NaN/inf at every call
+        (a host sync each). The training loop passes False and watches ``WATCHED_METRICS``
+        with a :class:`~mtrl_famo.nonfinite.NonFiniteWatch` instead, so that an update
+        makes no host sync (PCGrad and CAGrad still read their ``[k, k]`` Gram matrix).
+    :param compile: ``torch.compile`` the loss functions (mean, FAMO) and ``task_gradients``
+        (PCGrad, CAGrad, diagnostics). Same results to float tolerance; the first updates
+        pay the compilation.
     """
+
+    #: the ``[num_tasks]`` metrics of ``update`` that a NaN/inf anywhere in the update reaches.
+    WATCHED_METRICS = ("losses/critic", "losses/actor", "losses/alpha", "alpha")
 
     def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, cfg: AgentConfig,
                  aggregator_cfg: AggregatorConfig, device: torch.device | str = "cpu",
-                 task_gradients: Callable = per_task_gradients):
+                 task_gradients: Callable = per_task_gradients, immediate_checks: bool = True,
+                 compile: bool = False):
         self.num_tasks = num_tasks
         self.act_dim = act_dim
         self.cfg = cfg
@@ -92,9 +103,11 @@ class MTSAC:
         self.log_alpha = torch.full((num_tasks,), math.log(cfg.init_alpha), device=self.device, requires_grad=True)
         self.target_entropy = -float(act_dim) if cfg.target_entropy is None else cfg.target_entropy
 
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+        # Fused Adam: one kernel per step on CUDA, and its step counters live on the
+        # device, so a step reads nothing back to the host (the default keeps them on the CPU).
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, fused=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr, fused=True)
 
         options = aggregator_options(aggregator_cfg)
         self.aggregators = {
@@ -104,9 +117,13 @@ class MTSAC:
         }
         for agg in self.aggregators.values():
             agg.to(self.device)
-        self.task_gradients = task_gradients
-        self._critic_loss = critic_loss_fn(self.critic)
-        self._actor_loss = actor_loss_fn(self.actor, self.critic)
+            agg.immediate_checks = immediate_checks
+        # Each network's per-task loss, as given to task_gradients (which vmaps it) and
+        # as called directly on the whole batch; compiled, the two must be separate
+        # callables, since a compiled function cannot be traced into from inside vmap.
+        self._task_loss = {"critic": critic_loss_fn(self.critic), "actor": actor_loss_fn(self.actor, self.critic)}
+        self._batch_loss = {name: torch.compile(fn) if compile else fn for name, fn in self._task_loss.items()}
+        self.task_gradients = torch.compile(task_gradients) if compile else task_gradients
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
@@ -135,15 +152,13 @@ class MTSAC:
 
         metrics: dict[str, torch.Tensor] = {}
         metrics["losses/critic"] = self._aggregated_step(
-            "critic", self.critic, self.critic_opt, self._critic_loss,
-            (batch.obs, batch.actions, target), diagnostics, metrics)
+            "critic", self.critic, self.critic_opt, (batch.obs, batch.actions, target), diagnostics, metrics)
 
         noise = torch.randn((k, b, self.act_dim), device=self.device)
         self.critic.requires_grad_(False)  # the actor's loss must not build critic gradients
         try:
             metrics["losses/actor"] = self._aggregated_step(
-                "actor", self.actor, self.actor_opt, self._actor_loss,
-                (batch.obs, noise, alpha[:, None]), diagnostics, metrics)
+                "actor", self.actor, self.actor_opt, (batch.obs, noise, alpha[:, None]), diagnostics, metrics)
         finally:
             self.critic.requires_grad_(True)
 
@@ -160,18 +175,20 @@ class MTSAC:
         return metrics
 
     def _aggregated_step(self, name: str, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                         loss_fn: TaskLoss, task_args: tuple, diagnostics: bool,
-                         metrics: dict[str, torch.Tensor]) -> torch.Tensor:
+                         task_args: tuple, diagnostics: bool, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
         """Combine one network's per-task losses with its aggregator and take one optimizer step.
 
-        :param task_args: tensors with a leading task dimension, ``loss_fn``'s inputs after ``params``.
+        :param name: ``critic`` or ``actor``: which loss, aggregator and metrics.
+        :param task_args: tensors with a leading task dimension, the loss's inputs after ``params``.
         :return: the ``[num_tasks]`` losses before the step (detached).
         """
         aggregator = self.aggregators[name]
+        loss_fn = self._batch_loss[name]
         params = dict(module.named_parameters())
         grads = None
         if aggregator.uses_task_gradients or diagnostics:
-            grads, _, losses = self.task_gradients(module, loss_fn, task_args, return_losses=True)  # [k, P], [k]
+            grads, _, losses = self.task_gradients(module, self._task_loss[name], task_args,
+                                                   return_losses=True)  # [k, P], [k]
         if diagnostics:
             for key, value in gradient_diagnostics(grads).items():
                 metrics[f"aggregator/{name}/{key}"] = torch.as_tensor(value)

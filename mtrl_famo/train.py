@@ -20,6 +20,7 @@ from mtrl_famo.checkpoint import checkpoint_path, load_checkpoint, save_checkpoi
 from mtrl_famo.config import Config
 from mtrl_famo.envs import make_envs, step_async, step_wait, task_names, true_next_obs
 from mtrl_famo.evaluate import EvalResult, evaluate
+from mtrl_famo.nonfinite import NonFiniteWatch
 from mtrl_famo.run_files import CONFIG_FILE, EVALS_FILE, RESULTS_FILE
 from mtrl_famo.sac import MTSAC
 from mtrl_famo.video import PeriodicVideos
@@ -96,7 +97,9 @@ class Trainer:
         act_dim = self.envs.single_action_space.shape[0]
         self.lengths = RunLengths.from_config(cfg, self.num_tasks)
 
-        self.agent = MTSAC(obs_dim, act_dim, self.num_tasks, cfg.agent, cfg.aggregator, self.device)
+        self.agent = MTSAC(obs_dim, act_dim, self.num_tasks, cfg.agent, cfg.aggregator, self.device,
+                           immediate_checks=False, compile=cfg.train.compile)
+        self.nonfinite = NonFiniteWatch(MTSAC.WATCHED_METRICS, self.task_names, self.device)
         capacity = max(1, cfg.train.buffer_size // self.num_tasks)
         self.buffer = ReplayBuffer(self.num_tasks, capacity, obs_dim, act_dim, self.device)
         self.step = 0
@@ -136,7 +139,19 @@ class Trainer:
         self.envs.action_space.np_random.bit_generator.state = rng["action_space"]
 
     def save(self) -> None:
+        self._check_finite()
         save_checkpoint(checkpoint_path(self.run_dir), self.state_dict())
+
+    def _check_finite(self, problem: str | None = None) -> None:
+        """Raise if any update so far produced NaN/inf (one host sync), else raise ``problem`` if given."""
+        try:
+            self.nonfinite.check()
+            if problem is not None:
+                raise FloatingPointError(problem)
+        except FloatingPointError as exc:
+            kept = (f"the last checkpoint in {self.run_dir} is intact" if checkpoint_path(self.run_dir).exists()
+                    else "no checkpoint was written")
+            raise FloatingPointError(f"{exc}; {kept}") from None
 
     def resume(self) -> None:
         """Load the run's checkpoint and drop evaluations logged after it (they will be redone)."""
@@ -208,6 +223,8 @@ class Trainer:
             clock = time.perf_counter()
             learning = prev_step >= n.warmup and self.buffer.size > 0
             actions = self.agent.act(obs) if learning else self.envs.action_space.sample()
+            if learning and not np.isfinite(actions).all():  # already on the host: costs no sync
+                self._check_finite(f"non-finite actions (NaN or inf) from the policy at step {self.step}")
             pending = step_async(self.envs, actions)
             self.timing["act"] += time.perf_counter() - clock
 
@@ -217,7 +234,9 @@ class Trainer:
                 for u in range(cfg.train.updates_per_step):
                     metrics = self.agent.update(self.buffer.sample(cfg.train.per_task_batch),
                                                 diagnostics=log_now and u == 0)
+                    self.nonfinite.observe(metrics, self.step)
                     if log_now and u == 0:
+                        self._check_finite()
                         self._log_update(writer, metrics)
             self.timing["update"] += time.perf_counter() - clock
 
@@ -271,14 +290,11 @@ class Trainer:
             if value.ndim == 0:
                 writer.add_scalar(key, value.item(), self.step)
                 continue
-            bad = [self.task_names[i] for i in np.flatnonzero(~torch.isfinite(value).numpy())]
-            if bad and key.startswith("losses/"):
-                raise FloatingPointError(f"non-finite {key} at step {self.step} for tasks {bad}; "
-                                         f"the last checkpoint in {self.run_dir} is intact")
             for name, v in zip(self.task_names, value.tolist()):
                 writer.add_scalar(f"{key}/{name}", v, self.step)
 
     def _evaluate(self, writer: SummaryWriter, episodes: int) -> EvalResult:
+        self._check_finite()
         result = evaluate(self.agent, self.eval_envs, self.task_names, episodes, self.step)
         writer.add_scalar("charts/mean_success_rate", result.mean_success_rate, self.step)
         for name in self.task_names:

@@ -135,3 +135,19 @@ def test_help_lists_config_keys():
     proc = run_cli("train", "--help")
     assert proc.returncode == 0
     assert "train.total_steps" in proc.stdout and "aggregator={cagrad,famo,mean,pcgrad}" in proc.stdout
+
+
+def test_diverging_training_stops_with_the_first_bad_step_and_keeps_the_checkpoint(tmp_path):
+    """A huge critic learning rate blows the losses up in the first update (step 101)."""
+    run_dir = tmp_path / "diverged"
+    proc = run_cli("train", *TINY, "benchmark=mt1", "benchmark.env_name=reach-v3", "agent.critic_lr=1e30",
+                   "train.warmup_steps=100", "train.total_steps=400", "eval.every=100", f"run_dir={run_dir}")
+    assert proc.returncode == 1
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert "mtrl-famo train: error: non-finite losses/" in last_line and "first at step 101" in last_line
+    assert f"the last checkpoint in {run_dir} is intact" in last_line
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 100
+    for network in ("actor", "critic"):
+        assert all(torch.isfinite(t).all() for t in state["agent"][network].values())
+    assert not (run_dir / "results.json").exists()

@@ -34,6 +34,12 @@ class Aggregator:
     #: True where ``update(new_losses)`` does something (FAMO): only then need the
     #: caller recompute the losses after the optimizer step.
     needs_update: bool = False
+    #: True: every call checks its inputs for NaN/inf (FAMO: also its losses against
+    #: ``min_losses``) and raises at once. Each check reads a flag back from the
+    #: device, a host sync per call; a training loop that watches its losses itself
+    #: (:class:`~mtrl_famo.nonfinite.NonFiniteWatch`) sets it False so that the
+    #: update queues on the GPU without waiting. Shape checks always run.
+    immediate_checks: bool = True
 
     def __init__(self, num_tasks: int) -> None:
         self.num_tasks = check_num_tasks(num_tasks)
@@ -90,7 +96,7 @@ class Aggregator:
             raise ValueError(f"expected G of shape {expected}, got {tuple(G.shape)}")
         if not G.is_floating_point():
             raise ValueError(f"expected G to be a floating point tensor, got dtype {G.dtype}")
-        if check_values:
+        if check_values and self.immediate_checks:
             check_finite(G, "G")
         return G
 
@@ -104,7 +110,8 @@ class Aggregator:
             raise ValueError(f"expected {name} of shape {expected}, got {tuple(losses.shape)}")
         if not losses.is_floating_point():
             raise ValueError(f"expected {name} to be a floating point tensor, got dtype {losses.dtype}")
-        check_finite(losses, name)
+        if self.immediate_checks:
+            check_finite(losses, name)
         return losses
 
     def _check_state_keys(self, state: dict[str, Any], expected: set[str]) -> None:

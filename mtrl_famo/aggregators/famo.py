@@ -57,7 +57,7 @@ class FAMO(Aggregator):
         self.eps = check_float("eps", eps, min_value=0.0, strict=True)
         self.min_losses = _min_losses_tensor(min_losses, self.num_tasks)
         self.logits = torch.zeros(self.num_tasks, requires_grad=True)
-        self._optimizer = torch.optim.Adam([self.logits], lr=self.w_lr, weight_decay=self.gamma)
+        self._optimizer = torch.optim.Adam([self.logits], lr=self.w_lr, weight_decay=self.gamma, fused=True)
         self._prev_losses: Tensor | None = None  # detached l of the last combine_losses
         self._loss_weights: Tensor | None = None  # lambda of the last combine_losses
 
@@ -136,7 +136,7 @@ class FAMO(Aggregator):
         """Move the logits, their Adam state and the stored losses to ``device``."""
         state = self.state_dict()
         self.logits = torch.zeros(self.num_tasks, device=device, requires_grad=True)
-        self._optimizer = torch.optim.Adam([self.logits], lr=self.w_lr, weight_decay=self.gamma)
+        self._optimizer = torch.optim.Adam([self.logits], lr=self.w_lr, weight_decay=self.gamma, fused=True)
         self.min_losses = self.min_losses.to(device)
         self.load_state_dict(state)
         return self
@@ -145,7 +145,7 @@ class FAMO(Aggregator):
         return f"FAMO(w_lr={self.w_lr:g}, gamma={self.gamma:g})"
 
     def _check_positive(self, l: Tensor, losses: Tensor) -> None:
-        if not bool((l > 0).all()):
+        if self.immediate_checks and not bool((l > 0).all()):
             bad = (l <= 0).nonzero().flatten().tolist()
             values = [round(float(losses[i]), 6) for i in bad]
             mins = [round(float(self.min_losses[i]), 6) for i in bad]
