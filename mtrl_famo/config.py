@@ -21,6 +21,7 @@ BENCHMARKS = ("mt1", "mt10", "mt50")
 AGGREGATOR_NAMES = ("mean", "famo", "pcgrad", "cagrad")
 AGGREGATED_LOSSES = ("critic", "actor")
 VECTOR_STRATEGIES = ("sync", "async")
+COMPILE_MODES = ("none", "task_gradients", "all")
 
 
 class ConfigError(ValueError):
@@ -112,8 +113,8 @@ class TrainConfig:
     log_every: int = doc(5_000, "steps between loss/diagnostic scalars in TensorBoard")
     torch_threads: int = doc(0, "torch CPU threads; 0 = 1 thread on machines with <= 4 cores, else torch's default")
     progress: bool = doc(True, "show a progress bar with steps/s and ETA")
-    compile: bool = doc(False, "torch.compile the update's loss and per-task-gradient functions "
-                               "(slower on CPU; measure with scripts/bench_throughput.py)")
+    compile: str = doc("none", "torch.compile: none, task_gradients (PCGrad/CAGrad's one-pass per-task gradients) "
+                              "or all (also the loss functions); see README Performance")
 
 
 @dataclass
@@ -212,6 +213,7 @@ def validate(cfg: Config) -> Config:
     _check_steps(t.checkpoint_every, "train.checkpoint_every")
     _check_steps(t.log_every, "train.log_every")
     _check_steps(t.torch_threads, "train.torch_threads", allow_zero=True)
+    _require(t.compile in COMPILE_MODES, f"train.compile={t.compile!r}; allowed: {', '.join(COMPILE_MODES)}")
 
     e = cfg.eval
     _check_steps(e.every, "eval.every")

@@ -48,8 +48,8 @@ CONFIDENCE = 0.95
 TABLE_REPS = 10_000  # bootstrap replicates of the final-evaluation statistics
 CURVE_REPS = 1_000  # per point of a learning curve
 # Config keys that may differ between the seeds of one group without a note.
-IGNORED_KEYS = ("seed", "run_dir", "device", "train.progress", "train.torch_threads", "train.compile", "train.log_every",
-                "train.checkpoint_every", "benchmark.vector_strategy", "video.")
+IGNORED_KEYS = ("seed", "run_dir", "device", "train.progress", "train.torch_threads", "train.compile",
+                "train.log_every", "train.checkpoint_every", "benchmark.vector_strategy", "video.")
 
 
 class ReportError(ConfigError):

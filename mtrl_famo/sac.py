@@ -60,9 +60,8 @@ def actor_loss_fn(actor: Actor, critic: TwinQ) -> TaskLoss:
 
 @torch.no_grad()
 def polyak_update(params, target_params, tau: float) -> None:
-    """``target <- (1 - tau) target + tau * online``, in place."""
-    for p, tp in zip(params, target_params):
-        tp.lerp_(p, tau)
+    """``target <- (1 - tau) target + tau * online``, in place (one multi-tensor kernel on CUDA)."""
+    torch._foreach_lerp_(list(target_params), list(params), tau)
 
 
 class MTSAC:
@@ -81,9 +80,10 @@ class MTSAC:
         (a host sync each). The training loop passes False and watches ``WATCHED_METRICS``
         with a :class:`~mtrl_famo.nonfinite.NonFiniteWatch` instead, so that an update
         makes no host sync (PCGrad and CAGrad still read their ``[k, k]`` Gram matrix).
-    :param compile: ``torch.compile`` the loss functions (mean, FAMO) and ``task_gradients``
-        (PCGrad, CAGrad, diagnostics). Same results to float tolerance; the first updates
-        pay the compilation.
+    :param compile: ``none``; ``task_gradients``: ``torch.compile`` the ``task_gradients``
+        function (PCGrad, CAGrad, diagnostics); ``all``: also the loss functions used
+        on the whole batch (mean, FAMO). Same results to float tolerance; the first
+        updates pay the compilation.
     """
 
     #: the ``[num_tasks]`` metrics of ``update`` that a NaN/inf anywhere in the update reaches.
@@ -92,7 +92,7 @@ class MTSAC:
     def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, cfg: AgentConfig,
                  aggregator_cfg: AggregatorConfig, device: torch.device | str = "cpu",
                  task_gradients: Callable = per_task_gradients, immediate_checks: bool = True,
-                 compile: bool = False):
+                 compile: str = "none"):
         self.num_tasks = num_tasks
         self.act_dim = act_dim
         self.cfg = cfg
@@ -122,8 +122,9 @@ class MTSAC:
         # as called directly on the whole batch; compiled, the two must be separate
         # callables, since a compiled function cannot be traced into from inside vmap.
         self._task_loss = {"critic": critic_loss_fn(self.critic), "actor": actor_loss_fn(self.actor, self.critic)}
-        self._batch_loss = {name: torch.compile(fn) if compile else fn for name, fn in self._task_loss.items()}
-        self.task_gradients = torch.compile(task_gradients) if compile else task_gradients
+        compile_losses, compile_gradients = compile == "all", compile in ("task_gradients", "all")
+        self._batch_loss = {name: torch.compile(fn) if compile_losses else fn for name, fn in self._task_loss.items()}
+        self.task_gradients = torch.compile(task_gradients) if compile_gradients else task_gradients
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:

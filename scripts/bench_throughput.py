@@ -6,7 +6,11 @@ actions, gradient updates, waiting for the envs) and the projected wall time of 
 run (2M steps per task = 2M vector steps, one update each).
 
     python scripts/bench_throughput.py [--benchmarks mt10 mt50] [--aggregators mean famo pcgrad cagrad]
-                                       [--steps 30] [--strategy sync|async] [--device cpu cuda]
+                                       [--steps 30] [--strategy sync|async] [--device cpu cuda] [--compile MODE ...]
+
+``--compile task_gradients all`` also measures each setting with those ``train.compile``
+modes, side by side with eager; each compiled run follows a short warm-up run, so
+compilation is not timed.
 """
 
 from __future__ import annotations
@@ -22,8 +26,12 @@ from mtrl_famo.train import Trainer
 FULL_RUN_VECTOR_STEPS = 2_000_000
 
 
-def measure(benchmark: str, aggregator: str, device: str, strategy: str, steps: int, extra: list[str]) -> dict:
+def measure(benchmark: str, aggregator: str, device: str, strategy: str, steps: int, extra: list[str],
+            compile_first: bool = True) -> dict:
     """Run ``steps`` learning vector steps (after a few random warm-up steps) and read the loop's timers."""
+    compiled = any(x.startswith("train.compile=") and x != "train.compile=none" for x in extra)
+    if compiled and compile_first:  # a throw-away run compiles; torch.compile's cache serves the next
+        measure(benchmark, aggregator, device, strategy, 2, extra, compile_first=False)
     k = {"mt10": 10, "mt50": 50}[benchmark]
     warmup = 5
     with tempfile.TemporaryDirectory() as run_dir:
@@ -48,20 +56,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="learning vector steps measured per setting")
     parser.add_argument("--strategy", default="sync", choices=["sync", "async"])
     parser.add_argument("--device", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    parser.add_argument("--compile", nargs="*", default=[], choices=["task_gradients", "all"],
+                        help="also measure with these train.compile modes")
     parser.add_argument("overrides", nargs="*", help="extra mtrl-famo overrides, e.g. train.torch_threads=2")
     args = parser.parse_args()
     print(f"torch {torch.__version__}; {args.strategy} envs; 3x400 networks, 128 rows per task; "
           f"{args.steps} learning vector steps per row (after 5 random warm-up steps); "
           f"ms per vector step\n")
-    print("| device | benchmark | aggregator | vector steps/s | act ms | update ms | env ms | full run (2M/task) |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print("| device | benchmark | aggregator | compile | vector steps/s | act ms | update ms | env ms "
+          "| full run (2M/task) |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|")
     for device in args.device:
         for benchmark in args.benchmarks:
             for aggregator in args.aggregators:
-                r = measure(benchmark, aggregator, device, args.strategy, args.steps, args.overrides)
-                hours = FULL_RUN_VECTOR_STEPS / r["steps_per_s"] / 3600
-                print(f"| {device} | {benchmark} | {aggregator} | {r['steps_per_s']:.1f} | {r['act']:.1f} | "
-                      f"{r['update']:.1f} | {r['env']:.1f} | {hours:,.0f} h |", flush=True)
+                for mode in ["none", *args.compile]:
+                    extra = [*args.overrides, f"train.compile={mode}"]
+                    r = measure(benchmark, aggregator, device, args.strategy, args.steps, extra)
+                    hours = FULL_RUN_VECTOR_STEPS / r["steps_per_s"] / 3600
+                    print(f"| {device} | {benchmark} | {aggregator} | {mode} | "
+                          f"{r['steps_per_s']:.1f} | {r['act']:.1f} | {r['update']:.1f} | {r['env']:.1f} | "
+                          f"{hours:,.0f} h |", flush=True)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,7 @@ def test_single_task_mt1_run(tmp_path):
     (["train.bogus=1"], "unknown config key 'train.bogus'; allowed keys under 'train': total_steps"),
     (["aggregator=famo", "aggregator.c=0.5"], "unknown config key 'aggregator.c'"),
     (["device=tpu"], "device='tpu'; allowed: auto, cpu, cuda, cuda:N"),
+    (["train.compile=fast"], "train.compile='fast'; allowed: none, task_gradients, all"),
     (["lots"], "'lots' is not a key=value override"),
 ])
 def test_bad_train_input_is_one_clear_line_and_exit_2(tmp_path, args, expected):

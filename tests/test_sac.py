@@ -10,7 +10,7 @@ from mtrl_famo.buffer import ReplayBuffer
 from mtrl_famo.config import AGGREGATOR_SCHEMAS, AgentConfig, BenchmarkConfig
 from mtrl_famo.envs import make_envs, true_next_obs
 from mtrl_famo.networks import Actor, squashed_sample
-from mtrl_famo.sac import MTSAC
+from mtrl_famo.sac import MTSAC, critic_loss_fn, polyak_update
 
 K, OBS_DIM, ACT_DIM = 10, 49, 4
 
@@ -101,10 +101,19 @@ def test_mean_aggregator_update_equals_plain_summed_loss_update(mt10_batch):
     params = dict(agent.critic.named_parameters())
     k, b = mt10_batch.rewards.shape
     target = torch.randn(k, b)
-    losses = agent._critic_loss(params, mt10_batch.obs, mt10_batch.actions, target)
+    losses = critic_loss_fn(agent.critic)(params, mt10_batch.obs, mt10_batch.actions, target)
     q1, q2 = agent.critic(mt10_batch.obs.reshape(k * b, -1), mt10_batch.actions.reshape(k * b, -1))
     flat = ((q1 - target.reshape(-1)) ** 2).mean() + ((q2 - target.reshape(-1)) ** 2).mean()
     torch.testing.assert_close(losses.mean(), flat)
+
+
+def test_polyak_update_moves_each_target_tensor_tau_of_the_way():
+    online = [torch.randn(3, 4), torch.randn(5)]
+    target = [torch.randn(3, 4), torch.randn(5)]
+    expected = [0.99 * t + 0.01 * p for p, t in zip(online, target)]
+    polyak_update(online, target, 0.01)
+    for t, e in zip(target, expected):
+        torch.testing.assert_close(t, e)
 
 
 def test_state_dict_round_trip_reproduces_the_next_update(mt10_batch):
