@@ -80,7 +80,7 @@ class MTSAC:
         (a host sync each). The training loop passes False and watches ``WATCHED_METRICS``
         with a :class:`~mtrl_famo.nonfinite.NonFiniteWatch` instead, so that an update
         makes no host sync (PCGrad and CAGrad still read their ``[k, k]`` Gram matrix).
-    :param compile: ``none``; ``task_gradients``: ``torch.compile`` the ``task_gradients``
+    :param compile_mode: ``none``; ``task_gradients``: ``torch.compile`` the ``task_gradients``
         function (PCGrad, CAGrad, diagnostics); ``all``: also the loss functions used
         on the whole batch (mean, FAMO). Same results to float tolerance; the first
         updates pay the compilation.
@@ -92,7 +92,7 @@ class MTSAC:
     def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, cfg: AgentConfig,
                  aggregator_cfg: AggregatorConfig, device: torch.device | str = "cpu",
                  task_gradients: Callable = per_task_gradients, immediate_checks: bool = True,
-                 compile: str = "none"):
+                 compile_mode: str = "none"):
         self.num_tasks = num_tasks
         self.act_dim = act_dim
         self.cfg = cfg
@@ -122,7 +122,7 @@ class MTSAC:
         # as called directly on the whole batch; compiled, the two must be separate
         # callables, since a compiled function cannot be traced into from inside vmap.
         self._task_loss = {"critic": critic_loss_fn(self.critic), "actor": actor_loss_fn(self.actor, self.critic)}
-        compile_losses, compile_gradients = compile == "all", compile in ("task_gradients", "all")
+        compile_losses, compile_gradients = compile_mode == "all", compile_mode in ("task_gradients", "all")
         self._batch_loss = {name: torch.compile(fn) if compile_losses else fn for name, fn in self._task_loss.items()}
         self.task_gradients = torch.compile(task_gradients) if compile_gradients else task_gradients
 

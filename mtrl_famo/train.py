@@ -98,7 +98,7 @@ class Trainer:
         self.lengths = RunLengths.from_config(cfg, self.num_tasks)
 
         self.agent = MTSAC(obs_dim, act_dim, self.num_tasks, cfg.agent, cfg.aggregator, self.device,
-                           immediate_checks=False, compile=cfg.train.compile)
+                           immediate_checks=False, compile_mode=cfg.train.compile)
         self.nonfinite = NonFiniteWatch(MTSAC.WATCHED_METRICS, self.task_names, self.device)
         capacity = max(1, cfg.train.buffer_size // self.num_tasks)
         self.buffer = ReplayBuffer(self.num_tasks, capacity, obs_dim, act_dim, self.device)
