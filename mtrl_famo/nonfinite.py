@@ -22,13 +22,16 @@ NOT_SEEN = -1
 class NonFiniteWatch:
     """First step of NaN/inf per watched metric and task.
 
-    :param keys: metric names to watch; each metric is a ``[num_tasks]`` tensor.
+    :param keys: metric names to watch (each metric a ``[num_tasks]`` tensor), or a mapping
+        from each name to a hint appended to its error message ("" for none).
     :param task_names: the ``num_tasks`` task names, for the error message.
     :param device: where the metrics live.
     """
 
-    def __init__(self, keys: Sequence[str], task_names: Sequence[str], device: torch.device | str):
-        self.keys = list(keys)
+    def __init__(self, keys: Sequence[str] | Mapping[str, str], task_names: Sequence[str],
+                 device: torch.device | str):
+        self.hints = dict(keys) if isinstance(keys, Mapping) else dict.fromkeys(keys, "")
+        self.keys = list(self.hints)
         self.task_names = list(task_names)
         self.first_step = torch.full((len(self.keys), len(self.task_names)), NOT_SEEN, dtype=torch.int64,
                                      device=device)  # [num_keys, num_tasks]
@@ -48,4 +51,5 @@ class NonFiniteWatch:
         for key, row in zip(self.keys, first_step):
             tasks = [name for name, s in zip(self.task_names, row.tolist()) if s == step]
             if tasks:
-                raise FloatingPointError(f"non-finite {key} (NaN or inf) first at step {step} for tasks {tasks}")
+                hint = f" ({self.hints[key]})" if self.hints[key] else ""
+                raise FloatingPointError(f"non-finite {key} (NaN or inf) first at step {step} for tasks {tasks}{hint}")

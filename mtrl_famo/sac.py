@@ -24,6 +24,7 @@ from mtrl_famo.aggregators.per_task_grads import assign_flat_grad, gradient_diag
 from mtrl_famo.buffer import Batch
 from mtrl_famo.config import AgentConfig, AggregatorConfig, aggregator_options
 from mtrl_famo.networks import Actor, TwinQ, squashed_sample
+from mtrl_famo.optim import fused_adam, load_fused_adam_state
 
 TaskLoss = Callable[..., torch.Tensor]
 
@@ -77,7 +78,7 @@ class MTSAC:
         one-pass ``per_task_gradients`` (default) or the k-pass ``per_task_gradients_loop``
         reference, same signature.
     :param immediate_checks: the aggregators check their inputs for NaN/inf at every call
-        (a host sync each). The training loop passes False and watches ``WATCHED_METRICS``
+        (a host sync each). The training loop passes False and watches ``watched_metrics()``
         with a :class:`~mtrl_famo.nonfinite.NonFiniteWatch` instead, so that an update
         makes no host sync (PCGrad and CAGrad still read their ``[k, k]`` Gram matrix).
     :param compile_mode: ``none``; ``task_gradients``: ``torch.compile`` the ``task_gradients``
@@ -85,9 +86,6 @@ class MTSAC:
         on the whole batch (mean, FAMO). Same results to float tolerance; the first
         updates pay the compilation.
     """
-
-    #: the ``[num_tasks]`` metrics of ``update`` that a NaN/inf anywhere in the update reaches.
-    WATCHED_METRICS = ("losses/critic", "losses/actor", "losses/alpha", "alpha")
 
     def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, cfg: AgentConfig,
                  aggregator_cfg: AggregatorConfig, device: torch.device | str = "cpu",
@@ -103,11 +101,9 @@ class MTSAC:
         self.log_alpha = torch.full((num_tasks,), math.log(cfg.init_alpha), device=self.device, requires_grad=True)
         self.target_entropy = -float(act_dim) if cfg.target_entropy is None else cfg.target_entropy
 
-        # Fused Adam: one kernel per step on CUDA, and its step counters live on the
-        # device, so a step reads nothing back to the host (the default keeps them on the CPU).
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, fused=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr, fused=True)
+        self.actor_opt = fused_adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_opt = fused_adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.alpha_opt = fused_adam([self.log_alpha], lr=cfg.alpha_lr)
 
         options = aggregator_options(aggregator_cfg)
         self.aggregators = {
@@ -125,6 +121,20 @@ class MTSAC:
         compile_losses, compile_gradients = compile_mode == "all", compile_mode in ("task_gradients", "all")
         self._batch_loss = {name: torch.compile(fn) if compile_losses else fn for name, fn in self._task_loss.items()}
         self.task_gradients = torch.compile(task_gradients) if compile_gradients else task_gradients
+
+    def watched_metrics(self) -> dict[str, str]:
+        """The ``[num_tasks]`` metrics of ``update`` that a NaN/inf anywhere in it reaches, with a hint each.
+
+        The losses and temperatures, and the weights of aggregators that learn them on the
+        device (FAMO), whose state would otherwise carry a NaN into the next checkpoint.
+        """
+        watched = dict.fromkeys(("losses/critic", "losses/actor", "losses/alpha", "alpha"), "")
+        for name, aggregator in self.aggregators.items():
+            if aggregator.needs_update:
+                watched[f"aggregator/{name}/weights"] = (
+                    f"{aggregator!r} takes log(loss - min_losses), so every {name} task loss must stay above "
+                    f"aggregator.min_losses")
+        return watched
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
@@ -230,8 +240,8 @@ class MTSAC:
         self.critic_target.load_state_dict(state["critic_target"])
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.alpha_opt.load_state_dict(state["alpha_opt"])
+        load_fused_adam_state(self.actor_opt, state["actor_opt"])
+        load_fused_adam_state(self.critic_opt, state["critic_opt"])
+        load_fused_adam_state(self.alpha_opt, state["alpha_opt"])
         for name, agg in self.aggregators.items():
             agg.load_state_dict(state["aggregators"][name])

@@ -99,7 +99,7 @@ class Trainer:
 
         self.agent = MTSAC(obs_dim, act_dim, self.num_tasks, cfg.agent, cfg.aggregator, self.device,
                            immediate_checks=False, compile_mode=cfg.train.compile)
-        self.nonfinite = NonFiniteWatch(MTSAC.WATCHED_METRICS, self.task_names, self.device)
+        self.nonfinite = NonFiniteWatch(self.agent.watched_metrics(), self.task_names, self.device)
         capacity = max(1, cfg.train.buffer_size // self.num_tasks)
         self.buffer = ReplayBuffer(self.num_tasks, capacity, obs_dim, act_dim, self.device)
         self.step = 0
@@ -142,16 +142,18 @@ class Trainer:
         self._check_finite()
         save_checkpoint(checkpoint_path(self.run_dir), self.state_dict())
 
-    def _check_finite(self, problem: str | None = None) -> None:
-        """Raise if any update so far produced NaN/inf (one host sync), else raise ``problem`` if given."""
+    def _check_finite(self) -> None:
+        """Stop the run if any update so far produced NaN/inf (one host sync)."""
         try:
             self.nonfinite.check()
-            if problem is not None:
-                raise FloatingPointError(problem)
         except FloatingPointError as exc:
-            kept = (f"the last checkpoint in {self.run_dir} is intact" if checkpoint_path(self.run_dir).exists()
-                    else "no checkpoint was written")
-            raise FloatingPointError(f"{exc}; {kept}") from None
+            self._stop_non_finite(str(exc))
+
+    def _stop_non_finite(self, problem: str) -> None:
+        """Raise FloatingPointError: ``problem``, and what became of the checkpoint."""
+        kept = (f"the last checkpoint in {self.run_dir} is intact" if checkpoint_path(self.run_dir).exists()
+                else "no checkpoint was written")
+        raise FloatingPointError(f"{problem}; {kept}")
 
     def resume(self) -> None:
         """Load the run's checkpoint and drop evaluations logged after it (they will be redone)."""
@@ -224,7 +226,8 @@ class Trainer:
             learning = prev_step >= n.warmup and self.buffer.size > 0
             actions = self.agent.act(obs) if learning else self.envs.action_space.sample()
             if learning and not np.isfinite(actions).all():  # already on the host: costs no sync
-                self._check_finite(f"non-finite actions (NaN or inf) from the policy at step {self.step}")
+                self._check_finite()  # names the update that went wrong, if the watch saw it
+                self._stop_non_finite(f"non-finite actions (NaN or inf) from the policy at step {self.step}")
             pending = step_async(self.envs, actions)
             self.timing["act"] += time.perf_counter() - clock
 
@@ -257,6 +260,7 @@ class Trainer:
                 result = self._evaluate(writer, cfg.eval.episodes)
                 bar.set_postfix(success=f"{result.mean_success_rate:.2f}")
             if self.videos is not None and crossed(prev_step, self.step, cfg.video.every):
+                self._check_finite()
                 self.videos(self.agent, self.step)
             if crossed(prev_step, self.step, n.checkpoint_every) and self.step < n.total:
                 self.save()

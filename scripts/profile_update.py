@@ -1,7 +1,8 @@
 """Where the time of one MT-SAC update goes: torch.profiler, grouped by kind of operation.
 
-For each aggregator: ms per update, the share of matrix multiplies, element-wise
-work, the optimizers (fused Adam, target update) and the rest, and how many
+For each aggregator (with its default settings, e.g. the losses it applies to): ms
+per update, the shares of matrix multiplies, of element-wise work, reductions and
+copies, and of the optimizers (fused Adam, target update), and how many
 operations per update do work (not views; on a GPU each is a kernel launch, so
 with these small networks their number, not the FLOPs, sets the update's time). Default networks (3x400) and batch (128 rows per task).
 
@@ -19,7 +20,8 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mtrl_famo.buffer import Batch
-from mtrl_famo.config import AgentConfig, AggregatorConfig
+from mtrl_famo.config import AgentConfig
+from mtrl_famo.runconfig import compose_config
 from mtrl_famo.sac import MTSAC
 
 OBS_DIM, ACT_DIM = 39, 4  # Meta-World observation and action widths (the task one-hot is added)
@@ -60,10 +62,10 @@ def group_of(name: str) -> str:
 
 
 def profile_aggregator(aggregator: str, k: int, device: torch.device, updates: int, top: int) -> None:
-    agent = MTSAC(OBS_DIM + k, ACT_DIM, k, AgentConfig(), AggregatorConfig(name=aggregator, apply_to=["critic"]),
-                  device, immediate_checks=False)
+    aggregator_cfg = compose_config([f"aggregator={aggregator}"]).aggregator  # e.g. FAMO on the critic only
+    agent = MTSAC(OBS_DIM + k, ACT_DIM, k, AgentConfig(), aggregator_cfg, device, immediate_checks=False)
     batch = random_batch(k, 128, device)
-    for _ in range(3):  # optimizer state, compilation, allocator warm-up
+    for _ in range(3):  # optimizer state, allocator and CUDA warm-up
         agent.update(batch)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()

@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import TINY
 from mtrl_famo.buffer import Batch
-from mtrl_famo.config import AgentConfig, AggregatorConfig
+from mtrl_famo.config import AGGREGATOR_SCHEMAS, AgentConfig, AggregatorConfig
 from mtrl_famo.nonfinite import NonFiniteWatch
 from mtrl_famo.runconfig import compose_config
 from mtrl_famo.sac import MTSAC
@@ -41,25 +41,58 @@ def test_async_envs_give_the_same_training_as_sync_envs(tmp_path):
     _assert_same_training(plain, fast, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("aggregator, mode", [("famo", "all"), ("pcgrad", "task_gradients")])
-def test_compiled_update_gives_the_same_training_as_eager(tmp_path, aggregator, mode):
-    plain = _train(tmp_path / "eager", f"aggregator={aggregator}", "train.compile=none")
+def test_compiled_update_gives_the_same_training_as_eager(tmp_path):
+    """A short run with everything compiled (FAMO's losses; per-task gradients for the diagnostics)."""
+    plain = _train(tmp_path / "eager", "aggregator=famo", "train.compile=none")
     torch._dynamo.reset()  # forget graphs compiled by earlier tests, so the count below must grow
     graphs_before = counters["stats"]["unique_graphs"]
-    fast = _train(tmp_path / "compiled", f"aggregator={aggregator}", f"train.compile={mode}")
+    fast = _train(tmp_path / "compiled", "aggregator=famo", "train.compile=all")
     assert counters["stats"]["unique_graphs"] > graphs_before  # the update did run compiled code
     _assert_same_training(plain, fast, rtol=1e-4, atol=1e-5)
 
 
-class ScalarReads(TorchDispatchMode):
-    """Counts reads of a tensor's value into Python (``.item()``, ``bool(t)``, ``float(t)``): host syncs on a GPU."""
+def _random_batch(k: int, b: int, obs_dim: int, act_dim: int, generator: torch.Generator, device="cpu") -> Batch:
+    def rand(*shape):
+        return torch.rand(*shape, generator=generator).to(device)
+
+    return Batch(rand(k, b, obs_dim) * 2 - 1, rand(k, b, act_dim) * 2 - 1, rand(k, b) * 10, rand(k, b, obs_dim) * 2 - 1,
+                 torch.zeros(k, b, device=device))
+
+
+@pytest.mark.parametrize("aggregator, mode", [("famo", "all"), ("pcgrad", "task_gradients")])
+def test_compiled_updates_match_eager_with_several_tasks(aggregator, mode):
+    """With k=3 the task weighting and gradient surgery act, unlike in the one-task run above."""
+    agents, metrics = [], []
+    for compile_mode in ("none", mode):
+        torch.manual_seed(0)
+        agent = MTSAC(12, 4, 3, AgentConfig(hidden_sizes=[16, 16]), AGGREGATOR_SCHEMAS[aggregator](),
+                      compile_mode=compile_mode)
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            m = agent.update(_random_batch(3, 8, 12, 4, generator))
+        agents.append(agent)
+        metrics.append(m)
+    eager, compiled = agents
+    for a, b in zip([*eager.critic.parameters(), *eager.actor.parameters()],
+                    [*compiled.critic.parameters(), *compiled.actor.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for key in ("losses/critic", "losses/actor", "aggregator/critic/weights"):
+        if key in metrics[0]:
+            torch.testing.assert_close(metrics[0][key], metrics[1][key], rtol=1e-4, atol=1e-5)
+
+
+class HostReads(TorchDispatchMode):
+    """Counts the operations that would make the host wait for a GPU: reading a value into Python
+    (``.item()``, ``bool(t)``, ``float(t)``) and ``nonzero`` (its output size depends on the values)."""
+
+    SYNCING = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default)
 
     def __init__(self):
         super().__init__()
         self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
+        if func in self.SYNCING:
             self.count += 1
         return func(*args, **(kwargs or {}))
 
@@ -68,11 +101,11 @@ def _update_scalar_reads(aggregator: str, immediate_checks: bool) -> int:
     k, b, obs_dim, act_dim = 3, 8, 12, 4
     agent = MTSAC(obs_dim, act_dim, k, AgentConfig(hidden_sizes=[16, 16]),
                   AggregatorConfig(name=aggregator, apply_to=["critic"]), immediate_checks=immediate_checks)
-    watch = NonFiniteWatch(MTSAC.WATCHED_METRICS, ["a", "b", "c"], "cpu")
+    watch = NonFiniteWatch(agent.watched_metrics(), ["a", "b", "c"], "cpu")
     batch = Batch(torch.randn(k, b, obs_dim), torch.rand(k, b, act_dim) * 2 - 1, torch.randn(k, b),
                   torch.randn(k, b, obs_dim), torch.zeros(k, b))
     agent.update(batch)  # optimizer state is created in the first step
-    with ScalarReads() as reads:
+    with HostReads() as reads:
         for step in range(3):
             watch.observe(agent.update(batch), step)
     watch.check()
@@ -83,6 +116,38 @@ def _update_scalar_reads(aggregator: str, immediate_checks: bool) -> int:
 def test_update_reads_nothing_back_from_the_device(aggregator):
     assert _update_scalar_reads(aggregator, immediate_checks=False) == 0
     assert _update_scalar_reads(aggregator, immediate_checks=True) > 0  # the counter does see the checks
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("aggregator", ["mean", "famo"])
+def test_cuda_update_makes_no_host_sync(aggregator):
+    """On a GPU, torch itself raises on any synchronizing call inside the updates."""
+    agent = MTSAC(12, 4, 3, AgentConfig(hidden_sizes=[16, 16]), AGGREGATOR_SCHEMAS[aggregator](apply_to=["critic"]),
+                  device="cuda", immediate_checks=False)
+    watch = NonFiniteWatch(agent.watched_metrics(), ["a", "b", "c"], "cuda")
+    batch = _random_batch(3, 8, 12, 4, torch.Generator().manual_seed(0), device="cuda")
+    agent.update(batch)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(3):
+            watch.observe(agent.update(batch), step)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    watch.check()
+
+
+def test_watch_catches_famo_weights_turning_nan_while_the_losses_stay_finite():
+    """FAMO takes log(loss - min_losses): losses below min_losses make its logits NaN in ``update``."""
+    agent = MTSAC(12, 4, 3, AgentConfig(hidden_sizes=[16, 16]),
+                  AGGREGATOR_SCHEMAS["famo"](apply_to=["critic"], min_losses=1e6), immediate_checks=False)
+    watch = NonFiniteWatch(agent.watched_metrics(), ["a", "b", "c"], "cpu")
+    metrics = agent.update(_random_batch(3, 8, 12, 4, torch.Generator().manual_seed(0)))
+    watch.observe(metrics, step=7)
+    assert torch.isfinite(metrics["losses/critic"]).all()
+    with pytest.raises(FloatingPointError, match=r"non-finite aggregator/critic/weights \(NaN or inf\) first at step 7 "
+                                                 r"for tasks \['a', 'b', 'c'\] \(FAMO.*aggregator.min_losses\)"):
+        watch.check()
 
 
 def test_watch_reports_the_first_non_finite_step_and_its_tasks():

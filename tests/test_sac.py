@@ -116,6 +116,22 @@ def test_polyak_update_moves_each_target_tensor_tau_of_the_way():
         torch.testing.assert_close(t, e)
 
 
+def test_checkpoint_of_the_default_adam_resumes_with_fused_adam(mt10_batch):
+    """Checkpoints saved before Adam was fused load, and the optimizers stay fused."""
+    agent = make_agent("famo")
+    state = agent.state_dict()
+    old_adam = torch.optim.Adam(agent.critic.parameters(), lr=3e-4)  # the default, as older runs saved it
+    sum(q.mean() for q in agent.critic(mt10_batch.obs, mt10_batch.actions)).backward()
+    old_adam.step()
+    state["critic_opt"] = old_adam.state_dict()
+    clone = make_agent("famo")
+    clone.load_state_dict(copy.deepcopy(state))
+    assert clone.critic_opt.param_groups[0]["fused"] and clone.critic_opt.param_groups[0]["foreach"] is None
+    assert all(s["step"].dtype == torch.float32 and s["step"] == 1 for s in clone.critic_opt.state.values())
+    clone.update(mt10_batch)
+    assert all(s["step"] == 2 for s in clone.critic_opt.state.values())
+
+
 def test_state_dict_round_trip_reproduces_the_next_update(mt10_batch):
     agent = make_agent("famo")
     agent.update(mt10_batch)

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtrl_famo.optim import fused_adam, load_fused_adam_state
+
 from .base import Aggregator, check_float
 
 
@@ -57,7 +59,7 @@ class FAMO(Aggregator):
         self.eps = check_float("eps", eps, min_value=0.0, strict=True)
         self.min_losses = _min_losses_tensor(min_losses, self.num_tasks)
         self.logits = torch.zeros(self.num_tasks, requires_grad=True)
-        self._optimizer = torch.optim.Adam([self.logits], lr=self.w_lr, weight_decay=self.gamma, fused=True)
+        self._optimizer = fused_adam([self.logits], lr=self.w_lr, weight_decay=self.gamma)
         self._prev_losses: Tensor | None = None  # detached l of the last combine_losses
         self._loss_weights: Tensor | None = None  # lambda of the last combine_losses
 
@@ -128,7 +130,7 @@ class FAMO(Aggregator):
         device = self.logits.device
         with torch.no_grad():
             self.logits.copy_(state["logits"])
-        self._optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        load_fused_adam_state(self._optimizer, copy.deepcopy(state["optimizer"]))
         self._prev_losses = None if state["prev_losses"] is None else state["prev_losses"].to(device).clone()
         self._loss_weights = None if state["loss_weights"] is None else state["loss_weights"].to(device).clone()
 
@@ -136,7 +138,7 @@ class FAMO(Aggregator):
         """Move the logits, their Adam state and the stored losses to ``device``."""
         state = self.state_dict()
         self.logits = torch.zeros(self.num_tasks, device=device, requires_grad=True)
-        self._optimizer = torch.optim.Adam([self.logits], lr=self.w_lr, weight_decay=self.gamma, fused=True)
+        self._optimizer = fused_adam([self.logits], lr=self.w_lr, weight_decay=self.gamma)
         self.min_losses = self.min_losses.to(device)
         self.load_state_dict(state)
         return self
