@@ -1,15 +1,13 @@
-"""Atomic checkpoint and JSON writes, and loading with one clear error for missing or corrupt files."""
+"""Atomic checkpoint writes, and loading with one clear error for missing or corrupt files."""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mtrl_famo.atomic import atomic_write
 from mtrl_famo.run_files import CHECKPOINT_FILE
 
 
@@ -17,38 +15,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing or cannot be read; the message names the file."""
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, fsync it, then rename over ``path``.
-
-    A process killed at any moment leaves either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` ``state`` to ``path`` atomically."""
-    _atomic_write(path, lambda f: torch.save(state, f))
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically."""
-    write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def checkpoint_path(run_dir: Path) -> Path:

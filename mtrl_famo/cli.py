@@ -48,7 +48,7 @@ def _help_text() -> str:
 
 
 def train_command(overrides: list[str]) -> int:
-    if any(flag in overrides for flag in ("--multirun", "-m")):
+    if any(flag in overrides for flag in runconfig.MULTIRUN_FLAGS):
         from mtrl_famo.sweep import run_sweep
 
         return run_sweep(overrides)
@@ -67,7 +67,7 @@ def train_command(overrides: list[str]) -> int:
 
 def eval_command(overrides: list[str]) -> int:
     cfg = runconfig.eval_config(overrides)
-    from mtrl_famo.checkpoint import write_json
+    from mtrl_famo.atomic import write_json
     from mtrl_famo.train import Trainer
 
     cfg.train.buffer_size = 1  # evaluation needs the networks only

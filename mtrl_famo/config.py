@@ -43,6 +43,11 @@ class BenchmarkConfig:
     max_episode_steps: int = doc(500, "episode length (time-limit truncation, bootstrapped)")
     cagrad_c: float = doc(0.5, "this benchmark's default CAGrad c (0.9 on MT10, 0.5 on MT50)")
 
+    @property
+    def label(self) -> str:
+        """``mt10``, ``mt50``, or ``mt1-<env_name>``: how results and run folders name it."""
+        return f"mt1-{self.env_name}" if self.name == "mt1" else self.name
+
 
 @dataclass
 class AggregatorConfig:
@@ -115,6 +120,10 @@ class TrainConfig:
     progress: bool = doc(True, "show a progress bar with steps/s and ETA")
     compile: str = doc("none", "torch.compile: none, task_gradients (PCGrad/CAGrad's one-pass per-task gradients) "
                               "or all (also the loss functions); see README Performance")
+
+    def total_for(self, num_tasks: int) -> int:
+        """The run length in environment steps: ``total_steps``, else ``steps_per_task x num_tasks``."""
+        return self.total_steps if self.total_steps is not None else self.steps_per_task * num_tasks
 
 
 @dataclass

@@ -29,17 +29,16 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import yaml
 from scipy.stats import trim_mean
 
+from mtrl_famo.atomic import atomic_write, write_text
 from mtrl_famo.config import AGGREGATOR_NAMES, ConfigError
 from mtrl_famo.run_files import CONFIG_FILE, EVALS_FILE, RESULTS_FILE
 
@@ -587,30 +586,11 @@ def plot_per_task_curves(bench: str, groups: list[GroupSummary]):
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder and rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _write_atomic(path, lambda tmp: Path(tmp).write_text(text))
-
-
 def _save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     try:
-        _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"), readable=True)
     finally:
         plt.close(fig)
 
@@ -646,10 +626,10 @@ def write_report(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, plo
             _save_figure(plot_learning_curves(bench, groups), out / names["learning_curves"])
             _save_figure(plot_heatmap(bench, groups), out / names["per_task_heatmap"])
             _save_figure(plot_per_task_curves(bench, groups), out / names["per_task_curves"])
-    _write_text(out / "summary.csv", summary_csv(sections))
-    _write_text(out / "per_task.csv", per_task_csv(sections))
-    _write_text(out / "runs.csv", runs_csv(sections))
-    _write_text(out / "report.md", text)
+    write_text(out / "summary.csv", summary_csv(sections), readable=True)
+    write_text(out / "per_task.csv", per_task_csv(sections), readable=True)
+    write_text(out / "runs.csv", runs_csv(sections), readable=True)
+    write_text(out / "report.md", text, readable=True)
     return text
 
 

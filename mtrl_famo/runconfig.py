@@ -24,6 +24,7 @@ from mtrl_famo.run_files import CHECKPOINT_FILE, CONFIG_FILE, RESULTS_FILE
 GROUPS = ("benchmark", "aggregator", "agent")
 # What may change when a run is resumed; everything else must match the saved run.
 RESUMABLE_PREFIXES = ("train", "eval", "video", "device", "run_dir")
+MULTIRUN_FLAGS = ("--multirun", "-m")
 
 
 def config_dir() -> Path:
@@ -91,13 +92,13 @@ def compose_config(overrides: Sequence[str]) -> Config:
     return validate(obj)
 
 
-def _override_key(override: str) -> str:
+def override_key(override: str) -> str:
+    """``train.seed`` for ``train.seed=3``, ``+x=1`` and ``~x``."""
     return override.split("=", 1)[0].lstrip("+~")
 
 
 def default_run_dir(cfg: Config) -> str:
-    bench = cfg.benchmark.name if cfg.benchmark.name != "mt1" else f"mt1-{cfg.benchmark.env_name}"
-    return f"runs/{bench}-{cfg.aggregator.name}-s{cfg.seed}"
+    return f"runs/{cfg.benchmark.label}-{cfg.aggregator.name}-s{cfg.seed}"
 
 
 def load_saved_config(run_dir: Path) -> Config:
@@ -139,7 +140,7 @@ def train_config(overrides: Sequence[str], composed: Config | None = None) -> tu
         saved = load_saved_config(run_dir)
         saved_node, new_node = OmegaConf.structured(saved), OmegaConf.structured(cfg)
         for o in overrides:
-            key = _override_key(o)
+            key = override_key(o)
             if key.split(".")[0] in RESUMABLE_PREFIXES:
                 OmegaConf.update(saved_node, key, OmegaConf.select(new_node, key), merge=False)
             elif OmegaConf.select(saved_node, key) != OmegaConf.select(new_node, key):
@@ -169,7 +170,7 @@ def finished_results(cfg: Config) -> dict | None:
     if not path.is_file():
         return None
     results = json.loads(path.read_text())
-    total = cfg.train.total_steps or cfg.train.steps_per_task * len(results.get("tasks", [])) or None
+    total = cfg.train.total_for(len(results.get("tasks", []))) or None
     if results.get("finished") and total is not None and results.get("step", 0) >= total:
         return results
     return None
@@ -178,7 +179,7 @@ def finished_results(cfg: Config) -> dict | None:
 def eval_config(overrides: Sequence[str]) -> Config:
     """The saved config of ``run_dir`` with ``eval.*``/``device`` overrides; ``eval.episodes`` defaults to 50."""
     values = dict(o.split("=", 1) for o in overrides if "=" in o)
-    bad = [o for o in overrides if "=" not in o or _override_key(o).split(".")[0] not in ("eval", "device", "run_dir")]
+    bad = [o for o in overrides if "=" not in o or override_key(o).split(".")[0] not in ("eval", "device", "run_dir")]
     if bad:
         raise ConfigError(f"mtrl-famo eval takes run_dir=, eval.* and device= overrides; got {bad[0]!r}")
     if "run_dir" not in values:

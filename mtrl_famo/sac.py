@@ -196,7 +196,6 @@ class MTSAC:
         aggregator = self.aggregators[name]
         loss_fn = self._batch_loss[name]
         params = dict(module.named_parameters())
-        grads = None
         if aggregator.uses_task_gradients or diagnostics:
             grads, _, losses = self.task_gradients(module, self._task_loss[name], task_args,
                                                    return_losses=True)  # [k, P], [k]
@@ -217,8 +216,9 @@ class MTSAC:
         if aggregator.needs_update:  # FAMO learns its weights from the step's effect on the losses
             with torch.no_grad():
                 aggregator.update(loss_fn(params, *task_args))
-        if aggregator.task_weights is not None:
-            metrics[f"aggregator/{name}/weights"] = aggregator.task_weights.detach()
+        weights = aggregator.task_weights  # computed by the property: read it once
+        if weights is not None:
+            metrics[f"aggregator/{name}/weights"] = weights.detach()
         return losses.detach()
 
     def state_dict(self) -> dict:

@@ -23,8 +23,6 @@ from omegaconf import DictConfig, OmegaConf
 from mtrl_famo import runconfig
 from mtrl_famo.config import ConfigError, register_schemas
 
-MULTIRUN_FLAGS = ("--multirun", "-m")
-
 
 def expand_grid(overrides: Sequence[str]) -> list[list[str]]:
     """Every combination of the sweep overrides (``seed=0,1``), ``hydra.*`` left out.
@@ -33,7 +31,7 @@ def expand_grid(overrides: Sequence[str]) -> list[list[str]]:
     """
     try:
         parsed = OverridesParser.create().parse_overrides(
-            [o for o in overrides if not _key(o).startswith("hydra")])
+            [o for o in overrides if not runconfig.override_key(o).startswith("hydra")])
     except Exception as exc:  # hydra's OverrideParseException and friends
         raise ConfigError(f"cannot parse sweep overrides: {str(exc).splitlines()[0]}") from None
     choices = []
@@ -44,13 +42,9 @@ def expand_grid(overrides: Sequence[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*choices)]
 
 
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def run_sweep(args: Sequence[str]) -> int:
     """Validate every job's config, then run the grid through Hydra's multirun."""
-    overrides = [a for a in args if a not in MULTIRUN_FLAGS]
+    overrides = [a for a in args if a not in runconfig.MULTIRUN_FLAGS]
     for combo in expand_grid(overrides):
         runconfig.compose_config(combo)  # bad input fails here, before any job starts
     register_schemas()
@@ -78,7 +72,7 @@ def run_sweep_job(job_cfg: DictConfig) -> float:
 
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
-    given = {_key(o) for o in overrides}
+    given = {runconfig.override_key(o) for o in overrides}
     cfg = OmegaConf.to_object(job_cfg)
     if "run_dir" not in given:
         cfg.run_dir = hc.runtime.output_dir

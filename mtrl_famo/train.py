@@ -16,7 +16,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from mtrl_famo.buffer import ReplayBuffer
-from mtrl_famo.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint, write_json, write_text
+from mtrl_famo.atomic import write_json, write_text
+from mtrl_famo.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from mtrl_famo.config import Config
 from mtrl_famo.envs import make_envs, step_async, step_wait, task_names, true_next_obs
 from mtrl_famo.evaluate import EvalResult, evaluate
@@ -65,7 +66,7 @@ class RunLengths:
     def from_config(cls, cfg: Config, num_tasks: int) -> "RunLengths":
         t = cfg.train
         return cls(
-            total=t.total_steps if t.total_steps is not None else t.steps_per_task * num_tasks,
+            total=t.total_for(num_tasks),
             warmup=t.warmup_steps if t.warmup_steps is not None else 4000 * num_tasks,
             eval_every=cfg.eval.every,
             checkpoint_every=t.checkpoint_every or cfg.eval.every,
@@ -222,6 +223,7 @@ class Trainer:
                    disable=not cfg.train.progress, mininterval=1.0)
         while self.step < n.total:
             prev_step, self.step = self.step, self.step + k
+            log_now = crossed(prev_step, self.step, n.log_every)
             clock = time.perf_counter()
             learning = prev_step >= n.warmup and self.buffer.size > 0
             actions = self.agent.act(obs) if learning else self.envs.action_space.sample()
@@ -233,7 +235,6 @@ class Trainer:
 
             clock = time.perf_counter()
             if learning:
-                log_now = crossed(prev_step, self.step, n.log_every)
                 for u in range(cfg.train.updates_per_step):
                     metrics = self.agent.update(self.buffer.sample(cfg.train.per_task_batch),
                                                 diagnostics=log_now and u == 0)
@@ -247,12 +248,13 @@ class Trainer:
             next_obs, rewards, terminated, truncated, infos = step_wait(self.envs, pending)
             self.timing["env"] += time.perf_counter() - clock
             self.buffer.add(obs, actions, rewards, true_next_obs(next_obs, infos), terminated)
-            episode_success |= self._step_success(infos, terminated | truncated)
-            self._log_finished_episodes(writer, infos, terminated | truncated, episode_success)
+            done = terminated | truncated
+            episode_success |= self._step_success(infos, done)
+            self._log_finished_episodes(writer, infos, done, episode_success)
             obs = next_obs
             bar.update(k)
 
-            if crossed(prev_step, self.step, n.log_every):
+            if log_now:
                 now = time.perf_counter()
                 writer.add_scalar("charts/SPS", (self.step - sps_step) / (now - sps_clock), self.step)
                 sps_clock, sps_step = now, self.step
@@ -315,8 +317,7 @@ class Trainer:
 
     def _results(self, final: EvalResult) -> dict:
         return {
-            "benchmark": self.cfg.benchmark.name if self.cfg.benchmark.name != "mt1"
-            else f"mt1-{self.cfg.benchmark.env_name}",
+            "benchmark": self.cfg.benchmark.label,
             "aggregator": self.cfg.aggregator.name,
             "seed": self.cfg.seed,
             "step": self.step,

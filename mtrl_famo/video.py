@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from mtrl_famo.atomic import publish
 from mtrl_famo.config import ConfigError, VideoConfig
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions that need them
@@ -159,10 +160,7 @@ class _VideoFile:
 
             iio.imwrite(self.tmp, np.stack(self._gif_frames), extension=".gif", plugin="pillow",
                         duration=round(1000 / self.fps), loop=0)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)
-        os.replace(self.tmp, self.path)
+        publish(self.tmp, self.path)
 
     def discard(self) -> None:
         try:

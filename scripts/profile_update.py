@@ -19,14 +19,14 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mtrl_famo.buffer import Batch
 from mtrl_famo.config import AgentConfig
 from mtrl_famo.runconfig import compose_config
 from mtrl_famo.sac import MTSAC
 
-OBS_DIM, ACT_DIM = 39, 4  # Meta-World observation and action widths (the task one-hot is added)
+from bench_aggregators import ACT_DIM, OBS_DIM, random_batch  # scripts/ is on sys.path when run as a script
+
 MATMUL = {"aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear", "aten::addmv", "aten::baddbmm"}
-OPTIMIZER = {"aten::_fused_adam_", "aten::_fused_adamw_", "aten::lerp_", "aten::_foreach_lerp_"}
+OPTIMIZER = {"aten::_fused_adam_", "aten::_foreach_lerp_"}  # MTSAC's Adam and target update
 
 
 class WorkingOps(TorchDispatchMode):
@@ -40,17 +40,6 @@ class WorkingOps(TorchDispatchMode):
         if isinstance(func, torch._ops.OpOverload) and not func.is_view:
             self.count += 1
         return func(*args, **(kwargs or {}))
-
-
-def random_batch(k: int, per_task: int, device: torch.device) -> Batch:
-    obs_dim = OBS_DIM + k
-    return Batch(
-        obs=torch.randn(k, per_task, obs_dim, device=device),
-        actions=torch.rand(k, per_task, ACT_DIM, device=device) * 2 - 1,
-        rewards=torch.rand(k, per_task, device=device) * 10,
-        next_obs=torch.randn(k, per_task, obs_dim, device=device),
-        terminated=torch.zeros(k, per_task, device=device),
-    )
 
 
 def group_of(name: str) -> str:

@@ -102,8 +102,7 @@ def _update_scalar_reads(aggregator: str, immediate_checks: bool) -> int:
     agent = MTSAC(obs_dim, act_dim, k, AgentConfig(hidden_sizes=[16, 16]),
                   AggregatorConfig(name=aggregator, apply_to=["critic"]), immediate_checks=immediate_checks)
     watch = NonFiniteWatch(agent.watched_metrics(), ["a", "b", "c"], "cpu")
-    batch = Batch(torch.randn(k, b, obs_dim), torch.rand(k, b, act_dim) * 2 - 1, torch.randn(k, b),
-                  torch.randn(k, b, obs_dim), torch.zeros(k, b))
+    batch = _random_batch(k, b, obs_dim, act_dim, torch.Generator().manual_seed(0))
     agent.update(batch)  # optimizer state is created in the first step
     with HostReads() as reads:
         for step in range(3):
