@@ -68,12 +68,9 @@ def train_command(overrides: list[str]) -> int:
 def eval_command(overrides: list[str]) -> int:
     cfg = runconfig.eval_config(overrides)
     from mtrl_famo.atomic import write_json
-    from mtrl_famo.train import Trainer
+    from mtrl_famo.train import evaluate_checkpoint
 
-    cfg.train.buffer_size = 1  # evaluation needs the networks only
-    trainer = Trainer(cfg)
-    trainer.load_agent_from_checkpoint()
-    result = trainer.evaluate_only(cfg.eval.episodes)
+    result = evaluate_checkpoint(cfg)
     out_path = Path(cfg.run_dir) / "eval.json"
     write_json(out_path, result.to_dict())
     print(result.table())

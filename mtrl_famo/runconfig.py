@@ -176,6 +176,16 @@ def finished_results(cfg: Config) -> dict | None:
     return None
 
 
+def load_checkpointed_config(run_dir: Path) -> Config:
+    """The saved config of a run folder that holds a checkpoint (for ``eval`` and ``video``).
+
+    :raises ConfigError: if ``run_dir`` has no checkpoint or no ``config.yaml``.
+    """
+    if not (run_dir / CHECKPOINT_FILE).is_file() or not (run_dir / CONFIG_FILE).is_file():
+        raise ConfigError(f"run_dir={str(run_dir)!r} holds no checkpoint ({CHECKPOINT_FILE}) of a mtrl-famo run")
+    return load_saved_config(run_dir)
+
+
 def eval_config(overrides: Sequence[str]) -> Config:
     """The saved config of ``run_dir`` with ``eval.*``/``device`` overrides; ``eval.episodes`` defaults to 50."""
     values = dict(o.split("=", 1) for o in overrides if "=" in o)
@@ -184,10 +194,7 @@ def eval_config(overrides: Sequence[str]) -> Config:
         raise ConfigError(f"mtrl-famo eval takes run_dir=, eval.* and device= overrides; got {bad[0]!r}")
     if "run_dir" not in values:
         raise ConfigError("mtrl-famo eval needs run_dir=DIR (a folder written by mtrl-famo train)")
-    run_dir = Path(values["run_dir"])
-    if not (run_dir / CHECKPOINT_FILE).is_file() or not (run_dir / CONFIG_FILE).is_file():
-        raise ConfigError(f"run_dir={str(run_dir)!r} holds no checkpoint ({CHECKPOINT_FILE}) of a mtrl-famo run")
-    saved = load_saved_config(run_dir)
+    saved = load_checkpointed_config(Path(values["run_dir"]))
     node = OmegaConf.structured(saved)
     if "eval.episodes" not in values:
         values["eval.episodes"] = str(saved.eval.final_episodes)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from mtrl_famo.buffer import ReplayBuffer
 from mtrl_famo.atomic import write_json, write_text
-from mtrl_famo.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from mtrl_famo.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
 from mtrl_famo.config import Config
 from mtrl_famo.envs import make_envs, step_async, step_wait, task_names, true_next_obs
 from mtrl_famo.evaluate import EvalResult, evaluate
@@ -50,6 +50,45 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def evaluate_checkpoint(cfg: Config) -> EvalResult:
+    """``cfg.eval.episodes`` evaluation episodes per task of the agent in ``cfg.run_dir``'s checkpoint.
+
+    Builds only what evaluation needs: the evaluation envs and the networks (no training
+    envs, replay buffer or TensorBoard writer).
+    """
+    device = resolve_device(cfg.device)
+    configure_threads(cfg.train.torch_threads, device)
+    seed_everything(cfg.seed)
+    envs = make_envs(cfg.benchmark, cfg.seed)
+    try:
+        names = task_names(envs)
+        agent, step = load_agent(cfg, envs.single_observation_space.shape[0], envs.single_action_space.shape[0],
+                                 names, device)
+        return evaluate(agent, envs, names, cfg.eval.episodes, step)
+    finally:
+        envs.close()
+
+
+def load_agent(cfg: Config, obs_dim: int, act_dim: int, names: list[str], device: torch.device) -> tuple[MTSAC, int]:
+    """The agent (networks, temperatures) of ``cfg.run_dir``'s checkpoint, and its step.
+
+    :raises CheckpointError: the checkpoint is missing or corrupt, was trained on other
+        tasks than ``names``, or does not fit the networks of ``cfg``.
+    """
+    path = checkpoint_path(cfg.run_dir)
+    state = load_checkpoint(path, map_location=device)
+    if state.get("task_names", names) != names:
+        raise CheckpointError(f"checkpoint of {str(cfg.run_dir)!r} was trained on tasks {state['task_names']}, "
+                              f"not the {cfg.benchmark.name} tasks {names}")
+    agent = MTSAC(obs_dim, act_dim, len(names), cfg.agent, cfg.aggregator, device)
+    try:
+        agent.load_state_dict(state["agent"])
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint of {str(cfg.run_dir)!r} does not fit its config.yaml "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    return agent, int(state["step"])
 
 
 @dataclass
@@ -165,19 +204,6 @@ class Trainer:
             self.evals = [EvalResult(e["step"], e["episodes"], e["success_rate"], e["episodic_return"])
                           for e in kept if e["step"] <= self.step]
             self._write_evals()
-
-    def load_agent_from_checkpoint(self) -> None:
-        """Networks, temperatures and step of the run's checkpoint (for evaluation)."""
-        state = load_checkpoint(checkpoint_path(self.run_dir), map_location=self.device)
-        self.agent.load_state_dict(state["agent"])
-        self.step = state["step"]
-
-    def evaluate_only(self, episodes: int) -> EvalResult:
-        try:
-            return evaluate(self.agent, self.eval_envs, self.task_names, episodes, self.step)
-        finally:
-            self.envs.close()
-            self.eval_envs.close()
 
     # ---------------------------------------------------------------- loop
     def run(self, resume: bool = False) -> dict:

@@ -510,13 +510,10 @@ def main(args: Sequence[str]) -> int:
         print(HELP)
         return 0
     opts = parse_args(args)
-    from mtrl_famo.checkpoint import checkpoint_path
-    from mtrl_famo.runconfig import CONFIG_FILE, load_saved_config
+    from mtrl_famo.runconfig import load_checkpointed_config
 
     run_dir = Path(opts["run_dir"])
-    if not checkpoint_path(run_dir).is_file() or not (run_dir / CONFIG_FILE).is_file():
-        raise VideoError(f"run_dir={str(run_dir)!r} holds no checkpoint (checkpoint.pt) of a mtrl-famo run")
-    cfg = load_saved_config(run_dir)
+    cfg = load_checkpointed_config(run_dir)
     fmt = resolve_format(opts["format"])
     choose_gl_backend()  # before `import mujoco`, which reads MUJOCO_GL: fail fast with one line
     task_names = benchmark_task_names(cfg)
@@ -526,29 +523,19 @@ def main(args: Sequence[str]) -> int:
     obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
     probe.close()
 
-    from mtrl_famo.checkpoint import load_checkpoint
-    from mtrl_famo.sac import MTSAC
-    from mtrl_famo.train import resolve_device
+    from mtrl_famo.train import load_agent, resolve_device
 
     try:
         device = resolve_device(opts["device"])
     except ValueError as exc:
         raise VideoError(str(exc)) from None
-    state = load_checkpoint(checkpoint_path(run_dir), map_location=device)
-    if state.get("task_names", task_names) != task_names:
-        raise VideoError(f"checkpoint of {str(run_dir)!r} was trained on tasks {state['task_names']}, not the "
-                         f"{cfg.benchmark.name} tasks {task_names}")
-    agent = MTSAC(obs_dim, act_dim, len(task_names), cfg.agent, cfg.aggregator, device)
-    try:
-        agent.load_state_dict(state["agent"])
-    except (RuntimeError, KeyError) as exc:
-        raise VideoError(f"checkpoint of {str(run_dir)!r} does not fit its config.yaml "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    cfg.run_dir = str(run_dir)  # the folder it is in now, not where it was trained
+    agent, step = load_agent(cfg, obs_dim, act_dim, task_names, device)
     out = Path(opts["out"]) if opts["out"] else run_dir / VIDEOS_DIR
     print(f"rendering {len(tasks)} task{'s' if len(tasks) != 1 else ''} x {opts['episodes']} episode"
-          f"{'s' if opts['episodes'] != 1 else ''} of {run_dir} (step {state['step']:,}) with MUJOCO_GL="
+          f"{'s' if opts['episodes'] != 1 else ''} of {run_dir} (step {step:,}) with MUJOCO_GL="
           f"{os.environ.get('MUJOCO_GL')}")
-    render_videos(agent, cfg, task_names, tasks, out, int(state["step"]), episodes=opts["episodes"],
+    render_videos(agent, cfg, task_names, tasks, out, step, episodes=opts["episodes"],
                   seed=opts["seed"], camera=opts["camera"], width=opts["width"], height=opts["height"],
                   fps=opts["fps"], fmt=fmt)
     return 0
