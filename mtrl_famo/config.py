@@ -231,6 +231,8 @@ def validate(cfg: Config) -> Config:
 
     from mtrl_famo.video import check_video_config
 
+    for key in ("every", "episodes", "width", "height"):
+        _check_steps(getattr(cfg.video, key), f"video.{key}")
     check_video_config(cfg)
 
     _check_steps(cfg.seed, "seed", allow_zero=True)
