@@ -25,6 +25,10 @@ TINY = [
     "benchmark.max_episode_steps=50",
 ]
 
+# The reference tiny MT10 run (tiny_mt10_run); the report and video tests train beside it
+# with these same arguments, and compare with it.
+TINY_RUN = [*TINY, "train.total_steps=1000", "eval.every=500"]
+
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``mtrl-famo ARGS`` in a fresh process (as a user would)."""
@@ -32,10 +36,17 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+def assert_usage_error(proc: subprocess.CompletedProcess, expected: str) -> None:
+    """Bad input: exit code 2 and one line on stderr that contains ``expected``."""
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 @pytest.fixture(scope="session")
 def tiny_mt10_run(tmp_path_factory) -> Path:
     """One finished tiny MT10 run (1000 steps, evaluations at 500 and at the end)."""
     run_dir = tmp_path_factory.mktemp("runs") / "mt10-mean"
-    proc = run_cli("train", *TINY, "train.total_steps=1000", "eval.every=500", f"run_dir={run_dir}")
+    proc = run_cli("train", *TINY_RUN, f"run_dir={run_dir}")
     assert proc.returncode == 0, proc.stderr
     return run_dir

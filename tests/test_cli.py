@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import TINY, run_cli
+from conftest import TINY, assert_usage_error, run_cli
 from test_envs import MT10_TASKS
 
 
@@ -98,10 +98,7 @@ def test_single_task_mt1_run(tmp_path):
 ])
 def test_bad_train_input_is_one_clear_line_and_exit_2(tmp_path, args, expected):
     run_dir = tmp_path / "never"
-    proc = run_cli("train", *args, f"run_dir={run_dir}")
-    assert proc.returncode == 2
-    assert expected in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert_usage_error(run_cli("train", *args, f"run_dir={run_dir}"), expected)
     assert not run_dir.exists()
 
 

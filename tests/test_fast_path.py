@@ -35,20 +35,25 @@ def _assert_same_training(plain: Trainer, fast: Trainer, rtol: float, atol: floa
     torch.testing.assert_close(plain.agent.log_alpha, fast.agent.log_alpha, rtol=rtol, atol=atol)
 
 
-def test_async_envs_give_the_same_training_as_sync_envs(tmp_path):
-    plain = _train(tmp_path / "sync", "benchmark.vector_strategy=sync")
-    fast = _train(tmp_path / "async", "benchmark.vector_strategy=async")
-    _assert_same_training(plain, fast, rtol=1e-5, atol=1e-6)
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory) -> Trainer:
+    """The plain path: FAMO, sync envs, eager update."""
+    return _train(tmp_path_factory.mktemp("plain"), "aggregator=famo", "benchmark.vector_strategy=sync",
+                  "train.compile=none")
 
 
-def test_compiled_update_gives_the_same_training_as_eager(tmp_path):
+def test_async_envs_give_the_same_training_as_sync_envs(plain_run, tmp_path):
+    fast = _train(tmp_path, "aggregator=famo", "benchmark.vector_strategy=async")
+    _assert_same_training(plain_run, fast, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_update_gives_the_same_training_as_eager(plain_run, tmp_path):
     """A short run with everything compiled (FAMO's losses; per-task gradients for the diagnostics)."""
-    plain = _train(tmp_path / "eager", "aggregator=famo", "train.compile=none")
     torch._dynamo.reset()  # forget graphs compiled by earlier tests, so the count below must grow
     graphs_before = counters["stats"]["unique_graphs"]
-    fast = _train(tmp_path / "compiled", "aggregator=famo", "train.compile=all")
+    fast = _train(tmp_path, "aggregator=famo", "train.compile=all")
     assert counters["stats"]["unique_graphs"] > graphs_before  # the update did run compiled code
-    _assert_same_training(plain, fast, rtol=1e-4, atol=1e-5)
+    _assert_same_training(plain_run, fast, rtol=1e-4, atol=1e-5)
 
 
 def _random_batch(k: int, b: int, obs_dim: int, act_dim: int, generator: torch.Generator, device="cpu") -> Batch:

@@ -14,10 +14,9 @@ import pytest
 from PIL import Image
 from scipy.stats import trim_mean
 
-from conftest import TINY, run_cli
+from conftest import TINY_RUN, assert_usage_error, run_cli
 from mtrl_famo.report import ReportError, build_report, curves, find_run_dirs, iqm, stratified_bootstrap_ci
 
-RUN_ARGS = [*TINY, "train.total_steps=1000", "eval.every=500"]
 PLOTS = ("learning_curves_mt10.png", "per_task_heatmap_mt10.png", "per_task_curves_mt10.png")
 
 
@@ -26,7 +25,7 @@ def runs_root(tmp_path_factory, tiny_mt10_run) -> Path:
     """Three finished tiny MT10 runs: mean seeds 0 and 1, famo seed 0 (the last two trained in parallel)."""
     root = tmp_path_factory.mktemp("report_runs")
     shutil.copytree(tiny_mt10_run, root / "mean-s0", ignore=shutil.ignore_patterns("tb", "checkpoint.pt", "eval.json"))
-    procs = [subprocess.Popen([sys.executable, "-m", "mtrl_famo.cli", "train", *RUN_ARGS, *extra,
+    procs = [subprocess.Popen([sys.executable, "-m", "mtrl_famo.cli", "train", *TINY_RUN, *extra,
                                f"run_dir={root / name}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name, extra in (("mean-s1", ["seed=1"]), ("famo-s0", ["aggregator=famo"]))]
     for proc in procs:
@@ -148,10 +147,7 @@ def test_a_folder_without_runs_is_one_line_and_exit_2(tmp_path):
     out = tmp_path / "out"
     for args, expected in (([str(tmp_path / "empty")], "no mtrl-famo run"),
                            ([], "the following arguments are required: RUN_DIR")):
-        proc = run_cli("report", *args, "--out", str(out))
-        assert proc.returncode == 2, proc.stderr
-        assert expected in proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert_usage_error(run_cli("report", *args, "--out", str(out)), expected)
         assert not out.exists()
 
 
@@ -165,10 +161,8 @@ def test_mismatched_benchmarks_in_one_group_are_refused(runs_root, tmp_path):
     shutil.copytree(runs_root / "mean-s1", tmp_path / "b")
     config = tmp_path / "b" / "config.yaml"
     config.write_text(config.read_text().replace("max_episode_steps: 50", "max_episode_steps: 500"))
-    proc = run_cli("report", str(tmp_path), "--out", str(tmp_path / "out"))
-    assert proc.returncode == 2
-    assert "mismatched benchmarks (benchmark.max_episode_steps=50 vs 500)" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert_usage_error(run_cli("report", str(tmp_path), "--out", str(tmp_path / "out")),
+                       "mismatched benchmarks (benchmark.max_episode_steps=50 vs 500)")
     assert not (tmp_path / "out").exists()
 
 

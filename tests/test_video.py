@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, run_cli
+from conftest import TINY, TINY_RUN, assert_usage_error, run_cli
 from mtrl_famo import video
 from mtrl_famo.config import ConfigError
 from mtrl_famo.runconfig import compose_config
@@ -66,7 +66,7 @@ def video_run(tmp_path_factory) -> tuple[Path, str]:
     if _FAILURES:
         pytest.skip("no off-screen OpenGL: " + "; ".join(_FAILURES))
     run_dir = tmp_path_factory.mktemp("video_runs") / "mt10-mean"
-    proc = run_cli("train", *TINY, "train.total_steps=1000", "eval.every=500", "video.every=500",
+    proc = run_cli("train", *TINY_RUN, "video.every=500",
                    "video.tasks=[reach-v3]", "video.width=160", "video.height=128", f"run_dir={run_dir}")
     assert proc.returncode == 0, proc.stderr
     return run_dir, proc.stdout
@@ -131,12 +131,6 @@ def test_gif_fallback_and_atomic_write(tmp_path):
     assert video.resolve_format("auto") == ("mp4" if video.mp4_available() else "gif")
 
 
-def _one_line_exit_2(proc: subprocess.CompletedProcess, expected: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert expected in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-
-
 @needs_gl
 @pytest.mark.parametrize("args, expected", [
     (["task=nope-v3"], "task='nope-v3' is not a task of this run; allowed: reach-v3, push-v3"),
@@ -144,12 +138,12 @@ def _one_line_exit_2(proc: subprocess.CompletedProcess, expected: str) -> None:
 ])
 def test_bad_video_input_is_one_line_and_nothing_written(video_run, tmp_path, args, expected):
     out = tmp_path / "out"
-    _one_line_exit_2(run_cli("video", f"run_dir={video_run[0]}", "task=reach-v3", *args, f"out={out}"), expected)
+    assert_usage_error(run_cli("video", f"run_dir={video_run[0]}", "task=reach-v3", *args, f"out={out}"), expected)
     assert not out.exists()
 
 
 def test_video_of_a_folder_without_checkpoint_is_refused(tmp_path):
-    _one_line_exit_2(run_cli("video", f"run_dir={tmp_path}"), "holds no checkpoint")
+    assert_usage_error(run_cli("video", f"run_dir={tmp_path}"), "holds no checkpoint")
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -178,7 +172,7 @@ def test_no_working_off_screen_gl_is_one_line_naming_backend_and_packages(video_
     proc = subprocess.run([sys.executable, "-m", "mtrl_famo.cli", "video", f"run_dir={video_run[0]}",
                            "task=reach-v3", f"out={tmp_path / 'out'}"], env=env, capture_output=True, text=True,
                           timeout=300)
-    _one_line_exit_2(proc, "no off-screen OpenGL for rendering: tried MUJOCO_GL=egl (")
+    assert_usage_error(proc, "no off-screen OpenGL for rendering: tried MUJOCO_GL=egl (")
     assert "libegl1" in proc.stderr and "libosmesa6" in proc.stderr
     assert not (tmp_path / "out").exists()
 
