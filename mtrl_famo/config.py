@@ -12,16 +12,25 @@ MT10 is 10 environment steps), which is the x-axis of every log.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 BENCHMARKS = ("mt1", "mt10", "mt50")
 AGGREGATOR_NAMES = ("mean", "famo", "pcgrad", "cagrad")
 AGGREGATED_LOSSES = ("critic", "actor")
 VECTOR_STRATEGIES = ("sync", "async")
 COMPILE_MODES = ("none", "task_gradients", "all")
+PROTOCOLS = ("default", "metaworld_plus", "famo_paper", "cagrad_paper")
+#: Mirrors of ``networks.INIT_SCHEMES`` / ``LOG_STD_MODES`` (this module imports nothing of ours).
+INIT_SCHEMES = ("torch", "reference", "orthogonal")
+LOG_STD_MODES = ("tanh", "clip")
+#: Highest ``benchmark.max_episode_steps``: Meta-World's ``max_path_length``; the env raises past it.
+METAWORLD_MAX_EPISODE_STEPS = 500
+TASKS_PER_BENCHMARK = {"mt1": 1, "mt10": 10, "mt50": 50}
 
 
 class ConfigError(ValueError):
@@ -75,7 +84,7 @@ class FamoAggregatorConfig(AggregatorConfig):
 @dataclass
 class PCGradAggregatorConfig(AggregatorConfig):
     name: str = "pcgrad"
-    seed: int = doc(0, "seed of PCGrad's own projection-order generator")
+    seed: int = doc(0, "seed of PCGrad's own projection-order generator (the YAML default: the run's seed)")
 
 
 @dataclass
@@ -104,6 +113,17 @@ class AgentConfig:
     target_entropy: Optional[float] = doc(None, "target policy entropy; default -|A|")
     log_std_min: float = doc(-5.0, "lower bound of the policy's log standard deviation")
     log_std_max: float = doc(2.0, "upper bound of the policy's log standard deviation")
+    log_std_mode: str = doc("tanh", "how log std meets its bounds: tanh (smooth squash, CleanRL/mtrl) or "
+                                    "clip (hard clamp, Meta-World+ reference)")
+    multi_head: bool = doc(False, "one output layer per task on a shared trunk (Meta-World+ MTMHSAC)")
+    init: str = doc("torch", "weight init: torch (PyTorch default), reference (He-uniform, small uniform "
+                             "output layers; Meta-World+) or orthogonal (pytorch_sac/mtrl)")
+    adam_eps: float = doc(1e-8, "Adam epsilon of all three optimizers (Meta-World+ reference: 1e-5)")
+    grad_clip: Optional[float] = doc(None, "clip each network's update (after the aggregator) to this global "
+                                           "norm; null = off (Meta-World+ reference: 1.0)")
+    shared_alpha: bool = doc(False, "one temperature for all tasks (mtrl/FAMO/CAGrad scripts) instead of one per task")
+    max_q_value: Optional[float] = doc(None, "clip Q predictions and TD targets to [-max, max]; null = off "
+                                             "(Meta-World+ reference: 5000)")
 
 
 @dataclass
@@ -144,6 +164,15 @@ class VideoConfig:
 
 
 @dataclass
+class ProtocolConfig:
+    """Which published setup a run follows; set by ``protocol=NAME`` (``docs/protocols.md``)."""
+
+    name: str = doc("default", "the protocol preset the run started from: default, metaworld_plus, famo_paper, "
+                               "cagrad_paper (reports never pool different protocols)")
+    famo_gamma: float = doc(0.001, "FAMO's logit weight decay under this protocol (aggregator.gamma's default)")
+
+
+@dataclass
 class Config:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
@@ -151,6 +180,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     seed: int = doc(0, "seed of environments, networks and replay sampling")
     device: str = doc("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     run_dir: Optional[str] = doc(None, "output folder; an existing run there is resumed. Default runs/<benchmark>-<aggregator>-s<seed>")
@@ -164,6 +194,12 @@ def register_schemas() -> None:
     cs.store(group="agent", name="_schema", node=AgentConfig)
     for name, schema in AGGREGATOR_SCHEMAS.items():
         cs.store(group="aggregator", name=f"_{name}_schema", node=schema)
+    # Protocol presets state per-task numbers as the papers do ("1500 warm-up steps per task",
+    # "batch 1280"); these turn them into our totals for the chosen benchmark.
+    OmegaConf.register_new_resolver("times_tasks", lambda n, benchmark: int(n) * TASKS_PER_BENCHMARK[benchmark],
+                                    replace=True)
+    OmegaConf.register_new_resolver("per_task", lambda n, benchmark: max(1, int(n) // TASKS_PER_BENCHMARK[benchmark]),
+                                    replace=True)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -195,12 +231,18 @@ def validate(cfg: Config) -> Config:
     _require(b.vector_strategy in VECTOR_STRATEGIES,
              f"benchmark.vector_strategy={b.vector_strategy!r}; allowed: {', '.join(VECTOR_STRATEGIES)}")
     _check_steps(b.max_episode_steps, "benchmark.max_episode_steps")
+    _require(b.max_episode_steps <= METAWORLD_MAX_EPISODE_STEPS,
+             f"benchmark.max_episode_steps={b.max_episode_steps} is above Meta-World's episode limit; "
+             f"allowed: 1 to {METAWORLD_MAX_EPISODE_STEPS}")
 
     a = cfg.aggregator
     _require(a.name in AGGREGATOR_NAMES, f"aggregator={a.name!r} is unknown; allowed: {', '.join(AGGREGATOR_NAMES)}")
     for loss in a.apply_to:
         _require(loss in AGGREGATED_LOSSES,
                  f"aggregator.apply_to has {loss!r}; allowed: {', '.join(AGGREGATED_LOSSES)}")
+    _require(not (a.name == "famo" and "actor" in a.apply_to),
+             "aggregator.apply_to=[..., actor] is not allowed with aggregator=famo: FAMO takes log(loss - min_losses) "
+             "and the actor loss (alpha log pi - Q) has no lower bound (it turns negative, then NaN); allowed: [critic]")
 
     ag = cfg.agent
     _require(len(ag.hidden_sizes) > 0 and all(h > 0 for h in ag.hidden_sizes),
@@ -211,6 +253,18 @@ def validate(cfg: Config) -> Config:
     _require(0.0 < ag.tau <= 1.0, f"agent.tau={ag.tau} must be in (0, 1]")
     _require(ag.log_std_min < ag.log_std_max,
              f"agent.log_std_min={ag.log_std_min} must be below agent.log_std_max={ag.log_std_max}")
+    _require(ag.log_std_mode in LOG_STD_MODES,
+             f"agent.log_std_mode={ag.log_std_mode!r}; allowed: {', '.join(LOG_STD_MODES)}")
+    _require(ag.init in INIT_SCHEMES, f"agent.init={ag.init!r}; allowed: {', '.join(INIT_SCHEMES)}")
+    _require(math.isfinite(ag.adam_eps) and ag.adam_eps > 0, f"agent.adam_eps={ag.adam_eps} must be > 0")
+    for key in ("grad_clip", "max_q_value"):
+        value = getattr(ag, key)
+        _require(value is None or (math.isfinite(value) and value > 0),
+                 f"agent.{key}={value} must be a number > 0, or null for off")
+
+    p = cfg.protocol
+    _require(p.name in PROTOCOLS, f"protocol.name={p.name!r}; allowed: {', '.join(PROTOCOLS)}")
+    _require(p.famo_gamma >= 0, f"protocol.famo_gamma={p.famo_gamma} must be >= 0")
 
     t = cfg.train
     _check_steps(t.total_steps, "train.total_steps")

@@ -1,7 +1,11 @@
 """Networks of MT-SAC: ReLU MLPs, a tanh-Gaussian actor and a twin Q critic.
 
 Both take the full observation, whose last ``num_tasks`` entries are the task
-one-hot, so one network serves every task.
+one-hot, so one network serves every task. With ``num_heads = num_tasks`` the
+last layer is one output layer per task (multi-head MT-SAC, as in Meta-World+'s
+MTMHSAC): the shared trunk still sees the one-hot, every head is applied to
+every row and the row's one-hot picks its task's head, so a per-task loss
+still depends only on that task's rows (one ``vmap`` gives per-task gradients).
 """
 
 from __future__ import annotations
@@ -11,6 +15,33 @@ from typing import Sequence
 
 import torch
 from torch import nn
+
+#: ``agent.init``: ``torch`` (PyTorch's default Linear init), ``reference`` (Meta-World+
+#: reference: He-uniform hidden layers, zero biases, small uniform output layers) or
+#: ``orthogonal`` (pytorch_sac / mtrl ``weight_init``: orthogonal weights, zero biases).
+INIT_SCHEMES = ("torch", "reference", "orthogonal")
+#: ``agent.log_std_mode``: ``tanh`` squashes smoothly into the bounds (CleanRL, mtrl),
+#: ``clip`` clamps hard (Meta-World+ reference).
+LOG_STD_MODES = ("tanh", "clip")
+
+
+class TaskHeads(nn.Module):
+    """One ``in_dim -> out_dim`` output layer per task, selected by the task one-hot.
+
+    Parameters: ``weight [num_tasks * out_dim, in_dim]`` and ``bias [num_tasks * out_dim]``,
+    i.e. ``num_tasks`` Linear layers stacked into one, so that all heads run as one matmul.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, num_tasks: int):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, num_tasks * out_dim)
+        self.num_tasks = num_tasks
+        self.out_dim = out_dim
+
+    def forward(self, features: torch.Tensor, task_onehot: torch.Tensor) -> torch.Tensor:
+        """:param features: ``[..., in_dim]``; :param task_onehot: ``[..., num_tasks]``. :return: ``[..., out_dim]``."""
+        every_head = self.linear(features).unflatten(-1, (self.num_tasks, self.out_dim))  # [..., k, out]
+        return torch.einsum("...ko,...k->...o", every_head, task_onehot)
 
 
 def mlp(in_dim: int, hidden_sizes: Sequence[int], out_dim: int) -> nn.Sequential:
@@ -23,21 +54,77 @@ def mlp(in_dim: int, hidden_sizes: Sequence[int], out_dim: int) -> nn.Sequential
     return nn.Sequential(*layers)
 
 
+class MultiHeadMLP(nn.Module):
+    """ReLU trunk ``in_dim -> hidden_sizes...`` shared by all tasks, then one output layer per task."""
+
+    def __init__(self, in_dim: int, hidden_sizes: Sequence[int], out_dim: int, num_tasks: int):
+        super().__init__()
+        self.trunk = nn.Sequential(*mlp(in_dim, hidden_sizes, 1)[:-1])  # the hidden layers and their ReLUs
+        self.head = TaskHeads(hidden_sizes[-1], out_dim, num_tasks)
+
+    def forward(self, x: torch.Tensor, task_onehot: torch.Tensor) -> torch.Tensor:
+        """:param x: ``[..., in_dim]``; :param task_onehot: ``[..., num_tasks]``. :return: ``[..., out_dim]``."""
+        return self.head(self.trunk(x), task_onehot)
+
+
+def make_mlp(in_dim: int, hidden_sizes: Sequence[int], out_dim: int, num_tasks: int, multi_head: bool,
+             init: str, output_bound: float) -> nn.Module:
+    """A shared (:func:`mlp`) or multi-head (:class:`MultiHeadMLP`) network, initialised by ``init``.
+
+    :param init: one of :data:`INIT_SCHEMES`.
+    :param output_bound: ``reference`` init: output weights and biases ~ U(-bound, bound).
+    """
+    if init not in INIT_SCHEMES:
+        raise ValueError(f"init={init!r}; allowed: {', '.join(INIT_SCHEMES)}")
+    net = MultiHeadMLP(in_dim, hidden_sizes, out_dim, num_tasks) if multi_head else mlp(in_dim, hidden_sizes, out_dim)
+    if init == "torch":
+        return net
+    *hidden, output = [m for m in net.modules() if isinstance(m, nn.Linear)]  # the output layer comes last
+    with torch.no_grad():
+        for layer in hidden if init == "reference" else [*hidden, output]:
+            if init == "reference":  # jax.nn.initializers.he_uniform: U(-sqrt(6 / fan_in), sqrt(6 / fan_in))
+                nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
+            else:
+                nn.init.orthogonal_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        if init == "reference":
+            nn.init.uniform_(output.weight, -output_bound, output_bound)
+            nn.init.uniform_(output.bias, -output_bound, output_bound)
+    return net
+
+
 class Actor(nn.Module):
-    """Tanh-squashed Gaussian policy with actions in ``[-1, 1]``."""
+    """Tanh-squashed Gaussian policy with actions in ``[-1, 1]``.
+
+    :param num_tasks: width of the task one-hot at the end of the observation.
+    :param multi_head: one output layer per task (:class:`MultiHeadMLP`) instead of one shared.
+    :param log_std_mode: ``tanh`` or ``clip`` (see :data:`LOG_STD_MODES`).
+    :param init: one of :data:`INIT_SCHEMES`; ``reference`` draws the output layer from
+        U(-1e-3, 1e-3) (Meta-World+ reference ``ContinuousActionPolicyTorso``), so the
+        initial log std is about 0 (sigma about 1) under ``clip``.
+    """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: Sequence[int],
-                 log_std_min: float = -5.0, log_std_max: float = 2.0):
+                 log_std_min: float = -5.0, log_std_max: float = 2.0, *, num_tasks: int = 0,
+                 multi_head: bool = False, log_std_mode: str = "tanh", init: str = "torch"):
         super().__init__()
-        self.net = mlp(obs_dim, hidden_sizes, 2 * act_dim)
+        if log_std_mode not in LOG_STD_MODES:
+            raise ValueError(f"log_std_mode={log_std_mode!r}; allowed: {', '.join(LOG_STD_MODES)}")
+        self.num_tasks = num_tasks
+        self.multi_head = multi_head
+        self.net = make_mlp(obs_dim, hidden_sizes, 2 * act_dim, num_tasks, multi_head, init, output_bound=1e-3)
         self.act_dim = act_dim
         self.log_std_min = log_std_min
         self.log_std_max = log_std_max
+        self.log_std_mode = log_std_mode
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:param obs: ``[..., obs_dim]``. :return: mean and log std, each ``[..., act_dim]``."""
-        mean, log_std = self.net(obs).chunk(2, dim=-1)
-        # Squash into [log_std_min, log_std_max] smoothly (as in CleanRL / SpinningUp).
+        out = self.net(obs, obs[..., -self.num_tasks:]) if self.multi_head else self.net(obs)
+        mean, log_std = out.chunk(2, dim=-1)
+        if self.log_std_mode == "clip":
+            return mean, log_std.clamp(self.log_std_min, self.log_std_max)
+        # Squash into [log_std_min, log_std_max] smoothly (as in CleanRL / SpinningUp / mtrl).
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(log_std) + 1)
         return mean, log_std
 
@@ -68,14 +155,24 @@ def squashed_sample(mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Tens
 
 
 class TwinQ(nn.Module):
-    """Two independent Q networks ``Q(s, a)``; SAC uses their minimum against over-estimation."""
+    """Two independent Q networks ``Q(s, a)``; SAC uses their minimum against over-estimation.
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: Sequence[int]):
+    :param init: one of :data:`INIT_SCHEMES`; ``reference`` draws the output layers from
+        U(-3e-3, 3e-3) (Meta-World+ reference ``QValueFunction``).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: Sequence[int], *, num_tasks: int = 0,
+                 multi_head: bool = False, init: str = "torch"):
         super().__init__()
-        self.q1 = mlp(obs_dim + act_dim, hidden_sizes, 1)
-        self.q2 = mlp(obs_dim + act_dim, hidden_sizes, 1)
+        self.num_tasks = num_tasks
+        self.multi_head = multi_head
+        self.q1 = make_mlp(obs_dim + act_dim, hidden_sizes, 1, num_tasks, multi_head, init, output_bound=3e-3)
+        self.q2 = make_mlp(obs_dim + act_dim, hidden_sizes, 1, num_tasks, multi_head, init, output_bound=3e-3)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:param obs: ``[..., obs_dim]``; :param action: ``[..., act_dim]``. :return: two ``[...]``."""
         x = torch.cat([obs, action], dim=-1)
+        if self.multi_head:
+            task = obs[..., -self.num_tasks:]
+            return self.q1(x, task).squeeze(-1), self.q2(x, task).squeeze(-1)
         return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)

@@ -6,7 +6,9 @@ actor vectors go to an aggregator, which turns them into one update of that
 network: loss-weighting aggregators (mean, FAMO) take the loss vector, gradient
 aggregators (PCGrad, CAGrad) take the ``[num_tasks, num_params]`` per-task
 gradients, built with one batched backward. The per-task temperatures are
-independent parameters, so their losses are simply summed.
+independent parameters, so their losses are simply summed (a shared temperature,
+``agent.shared_alpha``, takes their mean); their loss uses the log-probabilities
+of the actor step's own forward.
 """
 
 from __future__ import annotations
@@ -29,32 +31,39 @@ from mtrl_famo.optim import fused_adam, load_fused_adam_state
 TaskLoss = Callable[..., torch.Tensor]
 
 
-def critic_loss_fn(critic: TwinQ) -> TaskLoss:
+def critic_loss_fn(critic: TwinQ, max_q_value: float | None = None) -> TaskLoss:
     """``loss(params, obs, actions, target)``: twin-Q squared TD error, averaged over the last batch dim.
 
     With task-grouped inputs (``obs [num_tasks, b, obs_dim]``, ``target [num_tasks, b]``) it
     returns the ``[num_tasks]`` loss vector; with one task's rows, that task's scalar loss.
+    With ``max_q_value``, predictions are clipped to ``[-max_q_value, max_q_value]`` (the target
+    is clipped by the caller), as the Meta-World+ reference does.
     """
 
     def loss(params: dict, obs: torch.Tensor, actions: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         q1, q2 = functional_call(critic, params, (obs, actions))
+        if max_q_value is not None:
+            q1, q2 = q1.clamp(-max_q_value, max_q_value), q2.clamp(-max_q_value, max_q_value)
         return (q1 - target).pow(2).mean(-1) + (q2 - target).pow(2).mean(-1)
 
     return loss
 
 
 def actor_loss_fn(actor: Actor, critic: TwinQ) -> TaskLoss:
-    """``loss(params, obs, noise, alpha)``: ``alpha * log pi(a|s) - min Q(s, a)`` averaged over the last batch dim.
+    """``loss(params, obs, noise, alpha) -> (loss, log_prob)``: ``alpha * log pi(a|s) - min Q(s, a)``
+    averaged over the last batch dim, and the sampled actions' log-probabilities (detached).
 
     ``alpha`` is ``[num_tasks, 1]`` for task-grouped inputs (``[1]`` for one task), so each
     task's rows use that task's temperature. The critic's parameters are constants here.
+    The log-probabilities ``[num_tasks, b]`` feed the temperature loss, so that it needs no
+    second actor forward (as in the Meta-World+ and mtrl references).
     """
 
-    def loss(params: dict, obs: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    def loss(params: dict, obs: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor):
         mean, log_std = functional_call(actor, params, (obs,))
         action, log_prob = squashed_sample(mean, log_std, noise)
         q1, q2 = critic(obs, action)
-        return (alpha * log_prob - torch.min(q1, q2)).mean(-1)
+        return (alpha * log_prob - torch.min(q1, q2)).mean(-1), log_prob.detach()
 
     return loss
 
@@ -95,15 +104,19 @@ class MTSAC:
         self.act_dim = act_dim
         self.cfg = cfg
         self.device = torch.device(device)
-        self.actor = Actor(obs_dim, act_dim, cfg.hidden_sizes, cfg.log_std_min, cfg.log_std_max).to(self.device)
-        self.critic = TwinQ(obs_dim, act_dim, cfg.hidden_sizes).to(self.device)
+        nets = dict(num_tasks=num_tasks, multi_head=cfg.multi_head, init=cfg.init)
+        self.actor = Actor(obs_dim, act_dim, cfg.hidden_sizes, cfg.log_std_min, cfg.log_std_max,
+                           log_std_mode=cfg.log_std_mode, **nets).to(self.device)
+        self.critic = TwinQ(obs_dim, act_dim, cfg.hidden_sizes, **nets).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.log_alpha = torch.full((num_tasks,), math.log(cfg.init_alpha), device=self.device, requires_grad=True)
+        # One temperature per task, or one shared by all (shape [1], broadcast over tasks).
+        num_alphas = 1 if cfg.shared_alpha else num_tasks
+        self.log_alpha = torch.full((num_alphas,), math.log(cfg.init_alpha), device=self.device, requires_grad=True)
         self.target_entropy = -float(act_dim) if cfg.target_entropy is None else cfg.target_entropy
 
-        self.actor_opt = fused_adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_opt = fused_adam(self.critic.parameters(), lr=cfg.critic_lr)
-        self.alpha_opt = fused_adam([self.log_alpha], lr=cfg.alpha_lr)
+        self.actor_opt = fused_adam(self.actor.parameters(), lr=cfg.actor_lr, eps=cfg.adam_eps)
+        self.critic_opt = fused_adam(self.critic.parameters(), lr=cfg.critic_lr, eps=cfg.adam_eps)
+        self.alpha_opt = fused_adam([self.log_alpha], lr=cfg.alpha_lr, eps=cfg.adam_eps)
 
         options = aggregator_options(aggregator_cfg)
         self.aggregators = {
@@ -117,7 +130,9 @@ class MTSAC:
         # Each network's per-task loss, as given to task_gradients (which vmaps it) and
         # as called directly on the whole batch; compiled, the two must be separate
         # callables, since a compiled function cannot be traced into from inside vmap.
-        self._task_loss = {"critic": critic_loss_fn(self.critic), "actor": actor_loss_fn(self.actor, self.critic)}
+        self._task_loss = {"critic": critic_loss_fn(self.critic, cfg.max_q_value),
+                           "actor": actor_loss_fn(self.actor, self.critic)}
+        self._has_aux = {"critic": False, "actor": True}  # the actor's loss also returns its log-probs
         compile_losses, compile_gradients = compile_mode == "all", compile_mode in ("task_gradients", "all")
         self._batch_loss = {name: torch.compile(fn) if compile_losses else fn for name, fn in self._task_loss.items()}
         self.task_gradients = torch.compile(task_gradients) if compile_gradients else task_gradients
@@ -154,51 +169,63 @@ class MTSAC:
             gradient diagnostics where available.
         """
         k, b = batch.rewards.shape
-        alpha = self.log_alpha.detach().exp()  # [k]
+        alpha = self.log_alpha.detach().exp().expand(k)  # [k]
         with torch.no_grad():
             next_action, next_log_prob = self.actor.sample(batch.next_obs)
             q1_next, q2_next = self.critic_target(batch.next_obs, next_action)
             soft_value = torch.min(q1_next, q2_next) - alpha[:, None] * next_log_prob
             target = batch.rewards + self.cfg.gamma * (1.0 - batch.terminated) * soft_value  # [k, b]
+            if self.cfg.max_q_value is not None:
+                target = target.clamp(-self.cfg.max_q_value, self.cfg.max_q_value)
 
         metrics: dict[str, torch.Tensor] = {}
-        metrics["losses/critic"] = self._aggregated_step(
+        metrics["losses/critic"], _ = self._aggregated_step(
             "critic", self.critic, self.critic_opt, (batch.obs, batch.actions, target), diagnostics, metrics)
 
         noise = torch.randn((k, b, self.act_dim), device=self.device)
         self.critic.requires_grad_(False)  # the actor's loss must not build critic gradients
         try:
-            metrics["losses/actor"] = self._aggregated_step(
+            metrics["losses/actor"], log_prob = self._aggregated_step(
                 "actor", self.actor, self.actor_opt, (batch.obs, noise, alpha[:, None]), diagnostics, metrics)
         finally:
             self.critic.requires_grad_(True)
 
-        with torch.no_grad():
-            _, log_prob = self.actor.sample(batch.obs, noise)  # [k, b], with the updated actor
-        alpha_losses = -(self.log_alpha[:, None] * (log_prob + self.target_entropy)).mean(-1)  # [k]
+        # The temperature loss takes the log-probs of the actor step's own forward ([k, b]).
+        log_alpha = self.log_alpha.expand(k)
+        alpha_losses = -(log_alpha[:, None] * (log_prob + self.target_entropy)).mean(-1)  # [k]
         self.alpha_opt.zero_grad(set_to_none=True)
-        alpha_losses.sum().backward()
+        # Per-task temperatures: each gets its own task's gradient; a shared one, the tasks' mean.
+        (alpha_losses.mean() if self.cfg.shared_alpha else alpha_losses.sum()).backward()
         self.alpha_opt.step()
 
         polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.cfg.tau)
         metrics["losses/alpha"] = alpha_losses.detach()
-        metrics["alpha"] = self.log_alpha.detach().exp()
+        metrics["alpha"] = self.log_alpha.detach().exp().expand(k)
         return metrics
 
     def _aggregated_step(self, name: str, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                         task_args: tuple, diagnostics: bool, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
+                         task_args: tuple, diagnostics: bool,
+                         metrics: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Combine one network's per-task losses with its aggregator and take one optimizer step.
+
+        With ``agent.grad_clip``, the combined update is clipped to that global norm before the
+        step (no host sync: ``clip_grad_norm_`` scales by ``min(1, clip / norm)`` on the device);
+        the norm before clipping is logged as ``grad_norm/<name>``.
 
         :param name: ``critic`` or ``actor``: which loss, aggregator and metrics.
         :param task_args: tensors with a leading task dimension, the loss's inputs after ``params``.
-        :return: the ``[num_tasks]`` losses before the step (detached).
+        :return: the ``[num_tasks]`` losses before the step (detached), and the loss's auxiliary
+            output (the actor's ``[num_tasks, b]`` log-probs; None for the critic).
         """
         aggregator = self.aggregators[name]
         loss_fn = self._batch_loss[name]
+        has_aux = self._has_aux[name]
         params = dict(module.named_parameters())
+        aux = None
         if aggregator.uses_task_gradients or diagnostics:
-            grads, _, losses = self.task_gradients(module, self._task_loss[name], task_args,
-                                                   return_losses=True)  # [k, P], [k]
+            grads, _, losses, *extra = self.task_gradients(module, self._task_loss[name], task_args,
+                                                           return_losses=True, has_aux=has_aux)  # [k, P], [k]
+            aux = extra[0] if has_aux else None
         if diagnostics:
             for key, value in gradient_diagnostics(grads).items():
                 metrics[f"aggregator/{name}/{key}"] = torch.as_tensor(value)
@@ -207,19 +234,23 @@ class MTSAC:
             optimizer.zero_grad(set_to_none=True)
             assign_flat_grad(module, direction)
         else:
-            losses = loss_fn(params, *task_args)  # [k]
+            losses, aux = loss_fn(params, *task_args) if has_aux else (loss_fn(params, *task_args), None)  # [k]
             combined = aggregator.combine_losses(losses)
             optimizer.zero_grad(set_to_none=True)
             for p, g in zip(params.values(), torch.autograd.grad(combined, list(params.values()))):
                 p.grad = g
+        if self.cfg.grad_clip is not None:
+            metrics[f"grad_norm/{name}"] = torch.nn.utils.clip_grad_norm_(
+                params.values(), self.cfg.grad_clip, foreach=True).detach()
         optimizer.step()
         if aggregator.needs_update:  # FAMO learns its weights from the step's effect on the losses
             with torch.no_grad():
-                aggregator.update(loss_fn(params, *task_args))
+                new_losses = loss_fn(params, *task_args)
+                aggregator.update(new_losses[0] if has_aux else new_losses)
         weights = aggregator.task_weights  # computed by the property: read it once
         if weights is not None:
             metrics[f"aggregator/{name}/weights"] = weights.detach()
-        return losses.detach()
+        return losses.detach(), aux
 
     def state_dict(self) -> dict:
         """Everything needed to resume training exactly: networks, temperatures, optimizers, aggregators."""

@@ -53,7 +53,9 @@ def test_compiled_update_gives_the_same_training_as_eager(plain_run, tmp_path):
     graphs_before = counters["stats"]["unique_graphs"]
     fast = _train(tmp_path, "aggregator=famo", "train.compile=all")
     assert counters["stats"]["unique_graphs"] > graphs_before  # the update did run compiled code
-    _assert_same_training(plain_run, fast, rtol=1e-4, atol=1e-5)
+    # Compiled kernels round differently; over 150 updates that drifts by a few 1e-5 (the
+    # temperature loss now also takes its log-probs from the compiled actor loss).
+    _assert_same_training(plain_run, fast, rtol=1e-4, atol=5e-5)
 
 
 def _random_batch(k: int, b: int, obs_dim: int, act_dim: int, generator: torch.Generator, device="cpu") -> Batch:

@@ -44,7 +44,8 @@ def per_task_gradients(
     params: Mapping[str, Tensor] | None = None,
     *,
     return_losses: bool = False,
-) -> tuple[Tensor, ParamLayout] | tuple[Tensor, ParamLayout, Tensor]:
+    has_aux: bool = False,
+) -> tuple[Tensor, ...]:
     """Per-task gradients with one batched backward (``vmap`` of ``grad``).
 
     :param module: the network whose parameters are differentiated.
@@ -57,7 +58,10 @@ def per_task_gradients(
         module's parameters that require grad, in ``named_parameters()`` order.
     :param return_losses: also return the ``[num_tasks]`` task losses (detached),
         computed in the same pass at no extra cost.
-    :returns: ``(G, layout)``, or ``(G, layout, losses)`` with ``return_losses``:
+    :param has_aux: ``task_loss_fn`` returns ``(loss, aux)``; ``aux`` (a tensor, stacked
+        over tasks to ``[num_tasks, ...]``) is returned last, from the same pass.
+    :returns: ``(G, layout)``, or ``(G, layout, losses)`` with ``return_losses``, each
+        followed by ``aux`` with ``has_aux``:
         ``G`` ``[num_tasks, num_params]`` (no autograd graph), row ``i`` the
         flattened gradient of task ``i``'s loss, columns in ``layout`` order;
         ``layout`` the ``(name, shape)`` of each parameter.
@@ -65,11 +69,13 @@ def per_task_gradients(
     named = _named_params(module, params)
     args, num_tasks = _check_task_args(task_batched_args)
     detached = {name: p.detach() for name, p in named.items()}
-    batched = torch.func.vmap(torch.func.grad_and_value(task_loss_fn), in_dims=(None,) + (0,) * len(args))
+    batched = torch.func.vmap(torch.func.grad_and_value(task_loss_fn, has_aux=has_aux),
+                              in_dims=(None,) + (0,) * len(args))
     with torch.no_grad():  # no graph outside the transform (e.g. through a critic used in the loss)
-        grads, losses = batched(detached, *args)  # {name: [num_tasks, *shape]}, [num_tasks]
+        grads, value = batched(detached, *args)  # {name: [num_tasks, *shape]}, [num_tasks] or ([num_tasks], aux)
+    losses, aux = value if has_aux else (value, None)
     G = torch.cat([grads[name].reshape(num_tasks, -1) for name in named], dim=1)
-    return (G, _layout(named), losses) if return_losses else (G, _layout(named))
+    return _result(G, _layout(named), losses, aux, return_losses, has_aux)
 
 
 def per_task_gradients_loop(
@@ -79,7 +85,8 @@ def per_task_gradients_loop(
     params: Mapping[str, Tensor] | None = None,
     *,
     return_losses: bool = False,
-) -> tuple[Tensor, ParamLayout] | tuple[Tensor, ParamLayout, Tensor]:
+    has_aux: bool = False,
+) -> tuple[Tensor, ...]:
     """Reference for ``per_task_gradients``: one ``autograd.grad`` per task.
 
     Same arguments and result; ``task_loss_fn`` gets the parameters themselves.
@@ -88,17 +95,26 @@ def per_task_gradients_loop(
     named = _named_params(module, params)
     args, num_tasks = _check_task_args(task_batched_args)
     tensors = list(named.values())
-    rows, losses = [], []
+    rows, losses, auxes = [], [], []
     for i in range(num_tasks):
         with torch.enable_grad():
             loss = task_loss_fn(named, *(a[i] for a in args))
+            if has_aux:
+                loss, aux = loss
+                auxes.append(aux.detach())
             grads = torch.autograd.grad(loss, tensors, allow_unused=True)
         rows.append(
             torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, tensors)])
         )
         losses.append(loss.detach())
     G = torch.stack(rows)
-    return (G, _layout(named), torch.stack(losses)) if return_losses else (G, _layout(named))
+    return _result(G, _layout(named), torch.stack(losses), torch.stack(auxes) if has_aux else None,
+                   return_losses, has_aux)
+
+
+def _result(G: Tensor, layout: ParamLayout, losses: Tensor, aux: Tensor | None, return_losses: bool,
+            has_aux: bool) -> tuple[Tensor, ...]:
+    return (G, layout) + ((losses,) if return_losses else ()) + ((aux,) if has_aux else ())
 
 
 def flatten_grads(module_or_params: nn.Module | Mapping[str, Tensor] | Iterable[Tensor]) -> Tensor:
