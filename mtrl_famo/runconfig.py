@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mtrl_famo.config import Config, ConfigError, register_schemas, validate
 from mtrl_famo.run_files import CHECKPOINT_FILE, CONFIG_FILE, RESULTS_FILE
 
-GROUPS = ("benchmark", "aggregator", "agent")
+GROUPS = ("benchmark", "aggregator", "agent", "protocol")
 # What may change when a run is resumed; everything else must match the saved run.
 RESUMABLE_PREFIXES = ("train", "eval", "video", "device", "run_dir")
 MULTIRUN_FLAGS = ("--multirun", "-m")
