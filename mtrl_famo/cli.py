@@ -68,7 +68,7 @@ def train_command(overrides: list[str]) -> int:
 def eval_command(overrides: list[str]) -> int:
     cfg = runconfig.eval_config(overrides)
     from mtrl_famo.atomic import write_json
-    from mtrl_famo.train import evaluate_checkpoint
+    from mtrl_famo.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(cfg)
     out_path = Path(cfg.run_dir) / "eval.json"
@@ -79,15 +79,15 @@ def eval_command(overrides: list[str]) -> int:
 
 
 def report_command(args: list[str]) -> int:
-    from mtrl_famo import report  # matplotlib, scipy: only for this command
+    from mtrl_famo.report.command import main  # matplotlib, scipy: only for this command
 
-    return report.main(args)
+    return main(args)
 
 
 def video_command(args: list[str]) -> int:
-    from mtrl_famo import video
+    from mtrl_famo.video.command import main
 
-    return video.main(args)
+    return main(args)
 
 
 COMMANDS = {"train": train_command, "eval": eval_command, "report": report_command, "video": video_command}

@@ -29,6 +29,15 @@ def check_env_name(env_name: str) -> None:
         )
 
 
+def benchmark_task_names(cfg: BenchmarkConfig) -> list[str]:
+    """The benchmark's tasks in training order, known from the config alone (without building the envs)."""
+    if cfg.name == "mt1":
+        return [cfg.env_name]
+    from metaworld.env_dict import MT10_V3, MT50_V3
+
+    return list((MT10_V3 if cfg.name == "mt10" else MT50_V3).keys())
+
+
 def make_envs(cfg: BenchmarkConfig, seed: int) -> gym.vector.VectorEnv:
     """One environment per task, one-hot task ids, same-step autoreset.
 

@@ -1,4 +1,8 @@
-"""Per-task success rates of the deterministic policy, through Meta-World's own evaluation loop."""
+"""Per-task success rates of the deterministic policy, through Meta-World's own evaluation loop.
+
+Also loads a trained agent from a run's checkpoint (:func:`load_agent`), which the
+``eval`` and ``video`` commands share, and evaluates it (:func:`evaluate_checkpoint`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,12 @@ import gymnasium as gym
 import numpy as np
 from metaworld.evaluation import evaluation
 
+import torch
+
+from mtrl_famo.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+from mtrl_famo.config import Config
+from mtrl_famo.envs import make_envs, task_names as env_task_names
+from mtrl_famo.runtime import configure_threads, resolve_device, seed_everything
 from mtrl_famo.sac import MTSAC
 
 
@@ -66,3 +76,42 @@ def evaluate(agent: MTSAC, envs: gym.vector.VectorEnv, task_names: list[str], ep
         success_rate={name: float(success[name]) for name in task_names},
         episodic_return={name: float(np.mean(returns[name])) for name in task_names},
     )
+
+
+def evaluate_checkpoint(cfg: Config) -> EvalResult:
+    """``cfg.eval.episodes`` evaluation episodes per task of the agent in ``cfg.run_dir``'s checkpoint.
+
+    Builds only what evaluation needs: the evaluation envs and the networks (no training
+    envs, replay buffer or TensorBoard writer).
+    """
+    device = resolve_device(cfg.device)
+    configure_threads(cfg.train.torch_threads, device)
+    seed_everything(cfg.seed)
+    envs = make_envs(cfg.benchmark, cfg.seed)
+    try:
+        names = env_task_names(envs)
+        agent, step = load_agent(cfg, envs.single_observation_space.shape[0], envs.single_action_space.shape[0],
+                                 names, device)
+        return evaluate(agent, envs, names, cfg.eval.episodes, step)
+    finally:
+        envs.close()
+
+
+def load_agent(cfg: Config, obs_dim: int, act_dim: int, names: list[str], device: torch.device) -> tuple[MTSAC, int]:
+    """The agent (networks, temperatures) of ``cfg.run_dir``'s checkpoint, and its step.
+
+    :raises CheckpointError: the checkpoint is missing or corrupt, was trained on other
+        tasks than ``names``, or does not fit the networks of ``cfg``.
+    """
+    path = checkpoint_path(cfg.run_dir)
+    state = load_checkpoint(path, map_location=device)
+    if state.get("task_names", names) != names:
+        raise CheckpointError(f"checkpoint of {str(cfg.run_dir)!r} was trained on tasks {state['task_names']}, "
+                              f"not the {cfg.benchmark.name} tasks {names}")
+    agent = MTSAC(obs_dim, act_dim, len(names), cfg.agent, cfg.aggregator, device)
+    try:
+        agent.load_state_dict(state["agent"])
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint of {str(cfg.run_dir)!r} does not fit its config.yaml "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    return agent, int(state["step"])

@@ -76,6 +76,24 @@ def _compose(overrides: Sequence[str]):
         return compose("config", overrides=list(overrides))
 
 
+def validate_run(cfg: Config) -> Config:
+    """Every check of a run's config before any work starts; returns ``cfg``.
+
+    The schema's own checks (:func:`~mtrl_famo.config.validate`: ranges, names,
+    combinations), then those that need Meta-World (the MT1 task name, the video tasks).
+
+    :raises ConfigError: naming the bad value and what is allowed.
+    """
+    validate(cfg)
+    from mtrl_famo.envs import check_env_name  # imports metaworld: only once the schema's checks pass
+    from mtrl_famo.video.tasks import check_video_config
+
+    if cfg.benchmark.name == "mt1":
+        check_env_name(cfg.benchmark.env_name)
+    check_video_config(cfg)
+    return cfg
+
+
 def compose_config(overrides: Sequence[str]) -> Config:
     """Compose, type-check and validate a config from Hydra-style overrides.
 
@@ -89,7 +107,7 @@ def compose_config(overrides: Sequence[str]) -> Config:
         obj = OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_explain(exc, overrides)) from None
-    return validate(obj)
+    return validate_run(obj)
 
 
 def override_key(override: str) -> str:
@@ -130,7 +148,7 @@ def train_config(overrides: Sequence[str], composed: Config | None = None) -> tu
     :param composed: the config they compose to, when the caller already has it (a sweep
         job gets it from Hydra); composed here otherwise.
     """
-    cfg = compose_config(overrides) if composed is None else validate(composed)
+    cfg = compose_config(overrides) if composed is None else validate_run(composed)
     if cfg.run_dir is None:
         cfg.run_dir = default_run_dir(cfg)
     run_dir = Path(cfg.run_dir)
@@ -151,7 +169,7 @@ def train_config(overrides: Sequence[str], composed: Config | None = None) -> tu
                 )
         resumed = OmegaConf.to_object(saved_node)
         resumed.run_dir = str(run_dir)
-        return validate(resumed), True
+        return validate_run(resumed), True
     if _holds_foreign_files(run_dir) and not (run_dir / CONFIG_FILE).exists():
         raise ConfigError(f"run_dir={str(run_dir)!r} exists and is not a mtrl-famo run; choose an empty or new folder")
     return cfg, False
@@ -203,4 +221,4 @@ def eval_config(overrides: Sequence[str]) -> Config:
     except OmegaConfBaseException as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
     cfg = OmegaConf.to_object(node)
-    return validate(cfg)
+    return validate_run(cfg)

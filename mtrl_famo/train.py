@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -17,78 +16,15 @@ from tqdm import tqdm
 
 from mtrl_famo.buffer import ReplayBuffer
 from mtrl_famo.atomic import write_json, write_text
-from mtrl_famo.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
+from mtrl_famo.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from mtrl_famo.config import Config
 from mtrl_famo.envs import make_envs, step_async, step_wait, task_names, true_next_obs
 from mtrl_famo.evaluate import EvalResult, evaluate
 from mtrl_famo.nonfinite import NonFiniteWatch
 from mtrl_famo.run_files import CONFIG_FILE, EVALS_FILE, RESULTS_FILE
+from mtrl_famo.runtime import configure_threads, resolve_device, seed_everything
 from mtrl_famo.sac import MTSAC
-from mtrl_famo.video import PeriodicVideos
-
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available here; use device=cpu or device=auto")
-    return device
-
-
-def configure_threads(requested: int, device: torch.device) -> None:
-    """0 = one thread on small CPU machines (measured fastest for these MLP sizes), else torch's default."""
-    if requested > 0:
-        torch.set_num_threads(requested)
-    elif device.type == "cpu" and (os.cpu_count() or 1) <= 4:
-        torch.set_num_threads(1)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def evaluate_checkpoint(cfg: Config) -> EvalResult:
-    """``cfg.eval.episodes`` evaluation episodes per task of the agent in ``cfg.run_dir``'s checkpoint.
-
-    Builds only what evaluation needs: the evaluation envs and the networks (no training
-    envs, replay buffer or TensorBoard writer).
-    """
-    device = resolve_device(cfg.device)
-    configure_threads(cfg.train.torch_threads, device)
-    seed_everything(cfg.seed)
-    envs = make_envs(cfg.benchmark, cfg.seed)
-    try:
-        names = task_names(envs)
-        agent, step = load_agent(cfg, envs.single_observation_space.shape[0], envs.single_action_space.shape[0],
-                                 names, device)
-        return evaluate(agent, envs, names, cfg.eval.episodes, step)
-    finally:
-        envs.close()
-
-
-def load_agent(cfg: Config, obs_dim: int, act_dim: int, names: list[str], device: torch.device) -> tuple[MTSAC, int]:
-    """The agent (networks, temperatures) of ``cfg.run_dir``'s checkpoint, and its step.
-
-    :raises CheckpointError: the checkpoint is missing or corrupt, was trained on other
-        tasks than ``names``, or does not fit the networks of ``cfg``.
-    """
-    path = checkpoint_path(cfg.run_dir)
-    state = load_checkpoint(path, map_location=device)
-    if state.get("task_names", names) != names:
-        raise CheckpointError(f"checkpoint of {str(cfg.run_dir)!r} was trained on tasks {state['task_names']}, "
-                              f"not the {cfg.benchmark.name} tasks {names}")
-    agent = MTSAC(obs_dim, act_dim, len(names), cfg.agent, cfg.aggregator, device)
-    try:
-        agent.load_state_dict(state["agent"])
-    except (RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint of {str(cfg.run_dir)!r} does not fit its config.yaml "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    return agent, int(state["step"])
+from mtrl_famo.video.periodic import PeriodicVideos
 
 
 @dataclass

@@ -15,7 +15,11 @@ from PIL import Image
 from scipy.stats import trim_mean
 
 from conftest import TINY_RUN, assert_usage_error, run_cli
-from mtrl_famo.report import ReportError, build_report, curves, find_run_dirs, iqm, stratified_bootstrap_ci
+from mtrl_famo.report import ReportError
+from mtrl_famo.report.command import build_report
+from mtrl_famo.report.runs import find_run_dirs
+from mtrl_famo.report.stats import iqm, stratified_bootstrap_ci
+from mtrl_famo.report.summary import curves
 
 PLOTS = ("learning_curves_mt10.png", "per_task_heatmap_mt10.png", "per_task_curves_mt10.png")
 

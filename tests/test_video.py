@@ -17,6 +17,7 @@ import torch
 
 from conftest import TINY, TINY_RUN, assert_usage_error, run_cli
 from mtrl_famo import video
+from mtrl_famo.video import command, encode, gl, render
 from mtrl_famo.config import ConfigError
 from mtrl_famo.runconfig import compose_config
 
@@ -25,10 +26,10 @@ MAX_STEPS = 50  # benchmark.max_episode_steps in TINY
 
 def _gl_failures() -> list[str]:
     """Why each off-screen backend cannot be used here (empty when one works)."""
-    candidates = [os.environ["MUJOCO_GL"]] if os.environ.get("MUJOCO_GL") else list(video.GL_BACKENDS)
+    candidates = [os.environ["MUJOCO_GL"]] if os.environ.get("MUJOCO_GL") else list(gl.GL_BACKENDS)
     failures = []
     for backend in candidates:
-        reason = video._probe_backend(backend)
+        reason = gl.probe_backend(backend)
         if reason is None:
             return []
         failures.append(f"MUJOCO_GL={backend}: {reason}")
@@ -108,27 +109,27 @@ def test_video_writes_a_playable_mp4_with_one_frame_per_step(video_run, tmp_path
     # Each episode: the reset frame plus one frame per step, episodes back to back.
     assert int(match["frames"]) == mp4_frames(path) == sum(s + 1 for s in steps)
     with imageio.get_reader(path, format="FFMPEG") as reader:
-        assert reader.get_meta_data()["fps"] == video.FPS
+        assert reader.get_meta_data()["fps"] == encode.FPS
         first = reader.get_data(0)
     assert first.shape == (128, 160, 3) and first.std() > 10  # a rendered scene, not a blank frame
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
 
 
 def test_gif_fallback_and_atomic_write(tmp_path):
-    frames = [video.annotate(np.full((64, 80, 3), 40 * i, np.uint8), [(f"step {i}", video.WHITE)]) for i in range(5)]
+    frames = [render.annotate(np.full((64, 80, 3), 40 * i, np.uint8), [(f"step {i}", render.WHITE)]) for i in range(5)]
     path = tmp_path / "v" / "clip.gif"
-    writer = video._VideoFile(path, "gif", fps=video.FPS)
+    writer = encode.VideoFile(path, "gif", fps=encode.FPS)
     for frame in frames:
         writer.append(frame)
     assert not path.exists()  # only the temporary file until commit
     writer.commit()
     assert iio.imread(path, index=None).shape == (5, 64, 80, 3)
     assert [p.name for p in path.parent.iterdir()] == ["clip.gif"]
-    broken = video._VideoFile(tmp_path / "v" / "broken.mp4", "mp4", fps=video.FPS)
+    broken = encode.VideoFile(tmp_path / "v" / "broken.mp4", "mp4", fps=encode.FPS)
     broken.append(frames[0])
     broken.discard()  # an interrupted video leaves nothing behind
     assert [p.name for p in path.parent.iterdir()] == ["clip.gif"]
-    assert video.resolve_format("auto") == ("mp4" if video.mp4_available() else "gif")
+    assert encode.resolve_format("auto") == ("mp4" if encode.mp4_available() else "gif")
 
 
 @needs_gl
@@ -155,14 +156,14 @@ def test_video_of_a_folder_without_checkpoint_is_refused(tmp_path):
 ])
 def test_bad_video_arguments(args, expected):
     with pytest.raises(video.VideoError, match=re.escape(expected)):
-        video.parse_args(args)
+        command.parse_args(args)
 
 
 def test_video_arguments_parse_to_options():
-    opts = video.parse_args(["run_dir=r", "task=[reach-v3,push-v3]", "episodes=3", "width=64", "seed=0"])
+    opts = command.parse_args(["run_dir=r", "task=[reach-v3,push-v3]", "episodes=3", "width=64", "seed=0"])
     assert opts["task"] == ["reach-v3", "push-v3"] and opts["episodes"] == 3 and opts["width"] == 64
     assert opts["seed"] == 0 and opts["height"] == 480 and opts["device"] == "cpu" and opts["out"] is None
-    assert video.parse_args(["run_dir=r", "task=reach-v3,push-v3"])["task"] == ["reach-v3", "push-v3"]
+    assert command.parse_args(["run_dir=r", "task=reach-v3,push-v3"])["task"] == ["reach-v3", "push-v3"]
 
 
 @needs_gl
@@ -179,10 +180,10 @@ def test_no_working_off_screen_gl_is_one_line_naming_backend_and_packages(video_
 
 def test_unknown_gl_backend_is_refused(monkeypatch):
     monkeypatch.setenv("MUJOCO_GL", "vulkan")
-    monkeypatch.setattr(video, "_chosen_backend", None)
+    monkeypatch.setattr(gl, "_chosen_backend", None)
     with pytest.raises(video.VideoError, match="MUJOCO_GL='vulkan' is not a MuJoCo rendering backend; "
                                                "allowed: egl, osmesa, glfw, glx"):
-        video.choose_gl_backend()
+        gl.choose_gl_backend()
 
 
 @pytest.mark.parametrize("args, expected", [
