@@ -83,7 +83,8 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict:
         """Filled rows only, on the CPU, so a checkpoint's size grows with the data."""
-        return {"storage": self.storage[:, :self.size].cpu(), "pos": self.pos, "size": self.size,
+        # On a CPU, .cpu() of the slice is a view and torch.save would write the whole storage: make it contiguous.
+        return {"storage": self.storage[:, :self.size].cpu().contiguous(), "pos": self.pos, "size": self.size,
                 "capacity": self.capacity}
 
     def load_state_dict(self, state: dict) -> None:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from mtrl_famo import runconfig
 from mtrl_famo.checkpoint import CheckpointError
-from mtrl_famo.config import Config, ConfigError, field_help
+from mtrl_famo.config import ConfigError
 
 USAGE = """usage: mtrl-famo COMMAND [key=value ...]
 
@@ -43,8 +43,9 @@ class UsageError(Exception):
 
 def _help_text() -> str:
     groups = ", ".join(f"{g}={{{','.join(runconfig.group_options(g))}}}" for g in runconfig.GROUPS)
-    return "\n".join([USAGE, "", f"config groups: {groups}", "", "config keys (defaults):",
-                      *field_help(Config)])
+    return "\n".join([USAGE, "", f"config groups: {groups}", "",
+                      "config keys (defaults of `mtrl-famo train`, i.e. benchmark=mt10 aggregator=mean):",
+                      *runconfig.config_help()])
 
 
 def train_command(overrides: list[str]) -> int:
@@ -53,24 +54,32 @@ def train_command(overrides: list[str]) -> int:
 
         return run_sweep(overrides)
     cfg, resume = runconfig.train_config(overrides)
+    runconfig.check_machine(cfg)
     finished = runconfig.finished_results(cfg)
     if finished is not None:
         print(f"{cfg.run_dir} already finished at step {finished['step']} "
               f"(mean success {finished['mean_success_rate']:.2f}); raise train.total_steps to extend it")
         return 0
-    from mtrl_famo.train import Trainer  # heavy imports (torch, metaworld) after the input is checked
+    from mtrl_famo.run_lock import lock_run_dir
+    from mtrl_famo.train import Trainer, TrainingInterrupted, load_resume_state  # heavy imports, after the checks
 
-    trainer = Trainer(cfg)
-    trainer.run(resume=resume)
+    state = load_resume_state(cfg) if resume else None  # a corrupt checkpoint is found before the envs are built
+    lock_run_dir(Path(cfg.run_dir))
+    try:
+        Trainer(cfg).run(resume=resume, state=state)
+    except TrainingInterrupted as exc:
+        print(f"mtrl-famo train: {exc}", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 
 def eval_command(overrides: list[str]) -> int:
     cfg = runconfig.eval_config(overrides)
+    runconfig.check_machine(cfg)
     from mtrl_famo.atomic import write_json
     from mtrl_famo.evaluate import evaluate_checkpoint
 
-    result = evaluate_checkpoint(cfg)
+    result = evaluate_checkpoint(cfg, progress=True)
     out_path = Path(cfg.run_dir) / "eval.json"
     write_json(out_path, result.to_dict())
     print(result.table())
@@ -105,14 +114,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in ("train", "eval") and ("-h" in overrides or "--help" in overrides):
         print(_help_text())
         return 0
+    if command in ("train", "eval") and not any(flag in overrides for flag in runconfig.MULTIRUN_FLAGS):
+        from mtrl_famo.video.gl import guard_user_backend
+
+        guard_user_backend()  # a broken MUJOCO_GL must not crash a command that renders nothing
     try:
         return COMMANDS[command](overrides)
     except (ConfigError, CheckpointError, UsageError) as exc:
         print(f"mtrl-famo {command}: error: {exc}", file=sys.stderr)
         return 2
-    except FloatingPointError as exc:
+    except (FloatingPointError, OSError) as exc:  # a diverged run; a full disk or another I/O fault
         print(f"mtrl-famo {command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # outside the training loop (which saves first), or Ctrl-C twice
+        print(f"mtrl-famo {command}: interrupted; nothing was saved since the last checkpoint", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

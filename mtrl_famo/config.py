@@ -31,6 +31,7 @@ LOG_STD_MODES = ("tanh", "clip")
 #: Highest ``benchmark.max_episode_steps``: Meta-World's ``max_path_length``; the env raises past it.
 METAWORLD_MAX_EPISODE_STEPS = 500
 TASKS_PER_BENCHMARK = {"mt1": 1, "mt10": 10, "mt50": 50}
+MAX_SEED = 2**31 - 1  # environments are reset with seed + step; NumPy and torch take it as an unsigned int
 
 
 class ConfigError(ValueError):
@@ -145,6 +146,10 @@ class TrainConfig:
         """The run length in environment steps: ``total_steps``, else ``steps_per_task x num_tasks``."""
         return self.total_steps if self.total_steps is not None else self.steps_per_task * num_tasks
 
+    def warmup_for(self, num_tasks: int) -> int:
+        """The random-action warm-up in environment steps: ``warmup_steps``, else ``4000 x num_tasks``."""
+        return self.warmup_steps if self.warmup_steps is not None else 4000 * num_tasks
+
 
 @dataclass
 class EvalConfig:
@@ -216,6 +221,16 @@ def _check_steps(value: Optional[int], key: str, allow_zero: bool = False) -> No
     _require(value >= low, f"{key}={value} must be an integer >= {low}")
 
 
+def _check_finite(node: Any, prefix: str = "") -> None:
+    """Every float of the config is a finite number (``lr=inf`` or ``nan`` is refused)."""
+    for f in fields(node):
+        value = getattr(node, f.name)
+        if is_dataclass(value):
+            _check_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float):
+            _require(math.isfinite(value), f"{prefix}{f.name}={value} must be a finite number")
+
+
 def validate(cfg: Config) -> Config:
     """Check ranges, names and combinations that types alone cannot; returns ``cfg``.
 
@@ -235,8 +250,16 @@ def validate(cfg: Config) -> Config:
              f"benchmark.max_episode_steps={b.max_episode_steps} is above Meta-World's episode limit; "
              f"allowed: 1 to {METAWORLD_MAX_EPISODE_STEPS}")
 
+    _check_finite(cfg)
     a = cfg.aggregator
     _require(a.name in AGGREGATOR_NAMES, f"aggregator={a.name!r} is unknown; allowed: {', '.join(AGGREGATOR_NAMES)}")
+    _require(len(a.apply_to) > 0, f"aggregator.apply_to=[] leaves {a.name} nothing to combine; allowed: a "
+                                  f"non-empty list of {', '.join(AGGREGATED_LOSSES)}")
+    for key, low, strict in (("c", 0.0, False), ("w_lr", 0.0, True), ("gamma", 0.0, False), ("eps", 0.0, True)):
+        if hasattr(a, key):
+            value = getattr(a, key)
+            _require(value > low if strict else value >= low,
+                     f"aggregator.{key}={value} must be {'>' if strict else '>='} {low:g}")
     for loss in a.apply_to:
         _require(loss in AGGREGATED_LOSSES,
                  f"aggregator.apply_to has {loss!r}; allowed: {', '.join(AGGREGATED_LOSSES)}")
@@ -277,6 +300,19 @@ def validate(cfg: Config) -> Config:
     _check_steps(t.log_every, "train.log_every")
     _check_steps(t.torch_threads, "train.torch_threads", allow_zero=True)
     _require(t.compile in COMPILE_MODES, f"train.compile={t.compile!r}; allowed: {', '.join(COMPILE_MODES)}")
+    k = TASKS_PER_BENCHMARK.get(b.name, 1)
+    total, warmup = t.total_for(k), t.warmup_for(k)
+    _require(warmup < total,
+             f"train.warmup_steps={warmup}{f' (default 4000 x {k} tasks)' if t.warmup_steps is None else ''} is not "
+             f"below train.total_steps={total}: the run would make no gradient update; lower train.warmup_steps "
+             f"or raise train.total_steps")
+    per_task = t.buffer_size // k
+    _require(per_task >= b.max_episode_steps,
+             f"train.buffer_size={t.buffer_size} holds {per_task} transitions per task, less than one episode "
+             f"(benchmark.max_episode_steps={b.max_episode_steps}); allowed: >= {b.max_episode_steps * k}")
+    _require(t.per_task_batch <= per_task,
+             f"train.per_task_batch={t.per_task_batch} is more than the {per_task} transitions per task that "
+             f"train.buffer_size={t.buffer_size} holds; allowed: <= {per_task}")
 
     e = cfg.eval
     _check_steps(e.every, "eval.every")
@@ -287,6 +323,7 @@ def validate(cfg: Config) -> Config:
         _check_steps(getattr(cfg.video, key), f"video.{key}")
 
     _check_steps(cfg.seed, "seed", allow_zero=True)
+    _require(cfg.seed <= MAX_SEED, f"seed={cfg.seed} must be an integer in [0, {MAX_SEED}]")
     _require(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
              f"device={cfg.device!r}; allowed: auto, cpu, cuda, cuda:N")
     return cfg

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import gymnasium as gym
 import numpy as np
 from metaworld.evaluation import evaluation
+from tqdm import tqdm
 
 import torch
 
@@ -50,26 +51,39 @@ class EvalResult:
 
 
 class _DeterministicPolicy:
-    """The ``metaworld.evaluation.Agent`` protocol over an :class:`MTSAC`."""
+    """The ``metaworld.evaluation.Agent`` protocol over an :class:`MTSAC`; counts finished episodes for a bar."""
 
-    def __init__(self, agent: MTSAC):
+    def __init__(self, agent: MTSAC, bar=None):
         self.agent = agent
+        self.bar = bar
+        self.calls = 0
 
     def eval_action(self, observations: np.ndarray) -> np.ndarray:
         return self.agent.act(observations, deterministic=True)
 
     def reset(self, env_mask: np.ndarray) -> None:
-        """Stateless policy: nothing to reset."""
+        """Stateless policy: nothing to reset. Meta-World calls this with the envs whose episode ended."""
+        self.calls += 1
+        if self.bar is not None and self.calls > 1:  # the first call is the initial reset of every env
+            self.bar.update(min(int(np.sum(env_mask)), self.bar.total - self.bar.n))
 
 
 def evaluate(agent: MTSAC, envs: gym.vector.VectorEnv, task_names: list[str], episodes: int,
-             step: int) -> EvalResult:
+             step: int, progress: bool = False) -> EvalResult:
     """Run ``episodes`` deterministic episodes per task; an episode succeeds if it reaches ``success``.
 
     Meta-World's ``evaluation`` ends an episode at its first success, so a good policy
     is evaluated quickly.
+
+    :param progress: show a bar of finished episodes (``episodes x tasks``) on stderr.
     """
-    _, _, success, returns = evaluation(_DeterministicPolicy(agent), envs, num_episodes=episodes)
+    bar = tqdm(total=episodes * len(task_names), unit="episode", desc="evaluating", dynamic_ncols=True,
+               mininterval=1.0) if progress else None
+    try:
+        _, _, success, returns = evaluation(_DeterministicPolicy(agent, bar), envs, num_episodes=episodes)
+    finally:
+        if bar is not None:
+            bar.close()
     return EvalResult(
         step=step,
         episodes=episodes,
@@ -78,11 +92,13 @@ def evaluate(agent: MTSAC, envs: gym.vector.VectorEnv, task_names: list[str], ep
     )
 
 
-def evaluate_checkpoint(cfg: Config) -> EvalResult:
+def evaluate_checkpoint(cfg: Config, progress: bool = False, out=print) -> EvalResult:
     """``cfg.eval.episodes`` evaluation episodes per task of the agent in ``cfg.run_dir``'s checkpoint.
 
     Builds only what evaluation needs: the evaluation envs and the networks (no training
     envs, replay buffer or TensorBoard writer).
+
+    :param progress: print what is evaluated, then show a bar of finished episodes.
     """
     device = resolve_device(cfg.device)
     configure_threads(cfg.train.torch_threads, device)
@@ -92,7 +108,10 @@ def evaluate_checkpoint(cfg: Config) -> EvalResult:
         names = env_task_names(envs)
         agent, step = load_agent(cfg, envs.single_observation_space.shape[0], envs.single_action_space.shape[0],
                                  names, device)
-        return evaluate(agent, envs, names, cfg.eval.episodes, step)
+        if progress:
+            out(f"evaluating {cfg.run_dir} (step {step:,}): {cfg.eval.episodes} episodes x {len(names)} task"
+                f"{'s' if len(names) != 1 else ''} on {device}")
+        return evaluate(agent, envs, names, cfg.eval.episodes, step, progress=progress)
     finally:
         envs.close()
 

@@ -8,7 +8,9 @@ between a fresh run and a resume.
 from __future__ import annotations
 
 import json
+import os
 import re
+from dataclasses import fields, is_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -19,11 +21,13 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mtrl_famo.config import Config, ConfigError, register_schemas, validate
-from mtrl_famo.run_files import CHECKPOINT_FILE, CONFIG_FILE, RESULTS_FILE
+from mtrl_famo.run_files import CHECKPOINT_FILE, CONFIG_FILE, LOCK_FILE, RESULTS_FILE
 
-GROUPS = ("benchmark", "aggregator", "agent", "protocol")
+GROUPS = ("benchmark", "aggregator", "agent", "protocol", "experiment")
 # What may change when a run is resumed; everything else must match the saved run.
 RESUMABLE_PREFIXES = ("train", "eval", "video", "device", "run_dir")
+# ...except these: the replay buffer in the checkpoint has its capacity.
+NOT_RESUMABLE = ("train.buffer_size",)
 MULTIRUN_FLAGS = ("--multirun", "-m")
 
 
@@ -94,8 +98,11 @@ def validate_run(cfg: Config) -> Config:
     return cfg
 
 
-def compose_config(overrides: Sequence[str]) -> Config:
+def compose_config(overrides: Sequence[str], check: bool = True) -> Config:
     """Compose, type-check and validate a config from Hydra-style overrides.
+
+    :param check: run :func:`validate_run`; ``False`` leaves it to the caller (``train_config``
+        validates the config a resumed run will have, not the defaults the overrides compose to).
 
     :raises ConfigError: with one line naming the bad value and what is allowed.
     """
@@ -107,7 +114,45 @@ def compose_config(overrides: Sequence[str]) -> Config:
         obj = OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_explain(exc, overrides)) from None
-    return validate_run(obj)
+    return validate_run(obj) if check else obj
+
+
+def config_help() -> list[str]:
+    """Lines ``key=default  help`` for every config key, the defaults those a plain ``train`` composes.
+
+    Values come from the YAML tree (so ``aggregator.c`` shows MT10's 0.9), help from the schema;
+    each aggregator's own options follow, marked with the ``aggregator=NAME`` that has them.
+    """
+    from mtrl_famo.config import AGGREGATOR_SCHEMAS, AggregatorConfig
+
+    def lines(node, prefix: str = "", skip: tuple = (), note: str = "") -> list[str]:
+        out = []
+        for f in fields(node):
+            value = getattr(node, f.name)
+            if f"{prefix}{f.name}" in skip:
+                continue
+            if is_dataclass(value):
+                out += lines(value, f"{prefix}{f.name}.", skip, note)
+            else:
+                shown = "null" if value is None else value
+                doc = f.metadata.get("help") or base_help.get(f"{prefix}{f.name}", "")
+                out.append(f"  {prefix}{f.name}={shown}".ljust(40) + f"  {note}{doc}")
+        return out
+
+    # The per-aggregator schemas restate `name` without help; the base schema has it.
+    base_help = {f"aggregator.{f.name}": f.metadata.get("help", "") for f in fields(AggregatorConfig)}
+    default = OmegaConf.to_object(_compose([]))
+    out = lines(default)
+    base = {f.name for f in fields(AggregatorConfig)} - {"apply_to"}
+    extras = []
+    for name in AGGREGATOR_SCHEMAS:
+        agg = OmegaConf.to_object(_compose([f"aggregator={name}"])).aggregator
+        own = [f for f in fields(agg) if f.name not in base
+               and not (f.name == "apply_to" and agg.apply_to == default.aggregator.apply_to)]
+        extras += [f"  aggregator.{f.name}={getattr(agg, f.name)}".ljust(40) + f"  (aggregator={name}) "
+                   f"{f.metadata.get('help', '')}" for f in own]
+    last = max(i for i, line in enumerate(out) if line.startswith("  aggregator."))
+    return out[:last + 1] + extras + out[last + 1:]
 
 
 def override_key(override: str) -> str:
@@ -148,10 +193,11 @@ def train_config(overrides: Sequence[str], composed: Config | None = None) -> tu
     :param composed: the config they compose to, when the caller already has it (a sweep
         job gets it from Hydra); composed here otherwise.
     """
-    cfg = compose_config(overrides) if composed is None else validate_run(composed)
+    cfg = compose_config(overrides, check=False) if composed is None else composed
     if cfg.run_dir is None:
         cfg.run_dir = default_run_dir(cfg)
     run_dir = Path(cfg.run_dir)
+    check_run_dir(run_dir)
     if (run_dir / CHECKPOINT_FILE).exists():
         if not (run_dir / CONFIG_FILE).exists():
             raise ConfigError(f"run_dir={str(run_dir)!r} has a checkpoint but no {CONFIG_FILE}; cannot resume it")
@@ -159,27 +205,62 @@ def train_config(overrides: Sequence[str], composed: Config | None = None) -> tu
         saved_node, new_node = OmegaConf.structured(saved), OmegaConf.structured(cfg)
         for o in overrides:
             key = override_key(o)
-            if key.split(".")[0] in RESUMABLE_PREFIXES:
+            if key.split(".")[0] in RESUMABLE_PREFIXES and key not in NOT_RESUMABLE:
                 OmegaConf.update(saved_node, key, OmegaConf.select(new_node, key), merge=False)
             elif OmegaConf.select(saved_node, key) != OmegaConf.select(new_node, key):
                 raise ConfigError(
                     f"run_dir={str(run_dir)!r} holds a run with {key}={OmegaConf.select(saved_node, key)}; "
-                    f"cannot resume it with {o!r} (only train.*, eval.*, video.* and device may change; "
+                    f"cannot resume it with {o!r} (only train.* but train.buffer_size, eval.*, video.* and device "
+                    f"may change; "
                     f"pick another run_dir for a new run)"
                 )
         resumed = OmegaConf.to_object(saved_node)
         resumed.run_dir = str(run_dir)
         return validate_run(resumed), True
+    validate_run(cfg)
     if _holds_foreign_files(run_dir) and not (run_dir / CONFIG_FILE).exists():
         raise ConfigError(f"run_dir={str(run_dir)!r} exists and is not a mtrl-famo run; choose an empty or new folder")
     return cfg, False
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """:raises ConfigError: ``run_dir`` is a file, or lies under one, or cannot be written."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run_dir={str(run_dir)!r} is a file; choose a folder")
+    existing = next(p for p in [run_dir, *run_dir.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"run_dir={str(run_dir)!r} lies under {str(existing)!r}, which is a file; choose a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"run_dir={str(run_dir)!r} cannot be written: no write permission in {str(existing)!r}")
+
+
+def check_machine(cfg: Config) -> None:
+    """What only the machine that runs the command can check: the device and the CPU cores.
+
+    Not part of :func:`validate_run`: a sweep is validated where it is submitted, which
+    need not be where its jobs run (a SLURM login node has no GPU).
+
+    :raises ConfigError: CUDA asked for but not available, or more torch threads than cores.
+    """
+    import torch
+
+    if cfg.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={cfg.device!r} but CUDA is not available here; use device=cpu or device=auto")
+        index = cfg.device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise ConfigError(f"device={cfg.device!r}; allowed: cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    cores = os.cpu_count() or 1
+    if cfg.train.torch_threads > cores:
+        raise ConfigError(f"train.torch_threads={cfg.train.torch_threads} is more than the {cores} CPU cores here; "
+                          f"allowed: 0 (automatic) to {cores}")
+
+
 def _holds_foreign_files(run_dir: Path) -> bool:
-    """Whether ``run_dir`` has files other than what Hydra writes into a sweep job's folder."""
+    """Whether ``run_dir`` has files other than what Hydra writes into a sweep job's folder (and our lock)."""
     if not run_dir.exists():
         return False
-    return any(p.name != ".hydra" and p.suffix != ".log" for p in run_dir.iterdir())
+    return any(p.name not in (".hydra", LOCK_FILE) and p.suffix != ".log" for p in run_dir.iterdir())
 
 
 def finished_results(cfg: Config) -> dict | None:

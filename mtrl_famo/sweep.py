@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtrl_famo import runconfig
 from mtrl_famo.config import ConfigError, register_schemas
+from mtrl_famo.run_lock import lock_run_dir, unlock_run_dir
 
 
 def expand_grid(overrides: Sequence[str]) -> list[list[str]]:
@@ -42,11 +43,38 @@ def expand_grid(overrides: Sequence[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*choices)]
 
 
+MAX_NAME_BYTES = 255  # the longest file name most file systems allow
+
+
+def job_folder_name(combo: Sequence[str]) -> str:
+    """The folder Hydra names a job after: its overrides, sorted, joined by commas (``override_dirname``),
+    without the keys ``configs/config.yaml`` excludes."""
+    excluded = OmegaConf.load(runconfig.config_dir() / "config.yaml").hydra.job.config.override_dirname.exclude_keys
+    return ",".join(sorted(o for o in combo if runconfig.override_key(o) not in excluded))
+
+
+def check_grid(grid: list[list[str]], overrides: Sequence[str] = ()) -> None:
+    """:raises ConfigError: a sweep whose jobs would share one ``run_dir``, or name a folder too long to create."""
+    if len(grid) > 1 and any(runconfig.override_key(o) == "run_dir" for o in grid[0]):
+        raise ConfigError(f"run_dir= would send all {len(grid)} jobs of the sweep to one folder; leave it out "
+                          f"(each job trains in <hydra.sweep.dir>/<its overrides>) and set hydra.sweep.dir=DIR")
+    if any(runconfig.override_key(o) == "hydra.sweep.subdir" for o in overrides):
+        return  # the user names the job folders
+    for combo in grid:
+        name = job_folder_name(combo)
+        if len(name.encode()) > MAX_NAME_BYTES:
+            raise ConfigError(f"a job's folder name, its overrides {name[:60]!r}..., is {len(name.encode())} "
+                              f"bytes, over the {MAX_NAME_BYTES} a file name may have; move fixed settings into "
+                              f"an experiment= preset or set hydra.sweep.subdir='${{hydra.job.num}}'")
+
+
 def run_sweep(args: Sequence[str]) -> int:
     """Validate every job's config, then run the grid through Hydra's multirun."""
     overrides = [a for a in args if a not in runconfig.MULTIRUN_FLAGS]
-    for combo in expand_grid(overrides):
+    grid = expand_grid(overrides)
+    for combo in grid:
         runconfig.compose_config(combo)  # bad input fails here, before any job starts
+    check_grid(grid, overrides)
     register_schemas()
 
     @hydra.main(config_path=str(runconfig.config_dir()), config_name="config", version_base="1.3")
@@ -83,8 +111,13 @@ def run_sweep_job(job_cfg: DictConfig) -> float:
         n_jobs = os.cpu_count() if n_jobs < 0 else n_jobs
         cfg.train.torch_threads = max(1, (os.cpu_count() or 1) // n_jobs)
     cfg, resume = runconfig.train_config(overrides, composed=cfg)
+    runconfig.check_machine(cfg)
     finished = runconfig.finished_results(cfg)
     if finished is not None:
         print(f"{cfg.run_dir}: already finished at step {finished['step']}, skipped")
         return float(finished["mean_success_rate"])
-    return float(Trainer(cfg).run(resume=resume)["mean_success_rate"])
+    lock_run_dir(cfg.run_dir)
+    try:
+        return float(Trainer(cfg).run(resume=resume)["mean_success_rate"])
+    finally:
+        unlock_run_dir(cfg.run_dir)

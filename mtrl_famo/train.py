@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +19,15 @@ from tqdm import tqdm
 
 from mtrl_famo.buffer import ReplayBuffer
 from mtrl_famo.atomic import write_json, write_text
-from mtrl_famo.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from mtrl_famo.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
 from mtrl_famo.config import Config
-from mtrl_famo.envs import make_envs, step_async, step_wait, task_names, true_next_obs
+from mtrl_famo.envs import benchmark_task_names, make_envs, step_async, step_wait, task_names, true_next_obs
 from mtrl_famo.evaluate import EvalResult, evaluate
 from mtrl_famo.nonfinite import NonFiniteWatch
 from mtrl_famo.run_files import CONFIG_FILE, EVALS_FILE, RESULTS_FILE
 from mtrl_famo.runtime import configure_threads, resolve_device, seed_everything
 from mtrl_famo.sac import MTSAC
+from mtrl_famo.video import VIDEOS_DIR
 from mtrl_famo.video.periodic import PeriodicVideos
 
 
@@ -42,11 +46,113 @@ class RunLengths:
         t = cfg.train
         return cls(
             total=t.total_for(num_tasks),
-            warmup=t.warmup_steps if t.warmup_steps is not None else 4000 * num_tasks,
+            warmup=t.warmup_for(num_tasks),
             eval_every=cfg.eval.every,
             checkpoint_every=t.checkpoint_every or cfg.eval.every,
             log_every=t.log_every,
         )
+
+
+CPU_WARNING_STEPS = 1_000_000  # a budget from which a CPU run gets a warning (days with default networks)
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after a checkpoint; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM set ``received`` (the loop stops after its step); a second one aborts."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self.exit_code = 0
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:  # asked twice: stop now, the last checkpoint stays as it is
+            raise KeyboardInterrupt
+        self.received, self.exit_code = signal.Signals(signum).name, 128 + signum
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class LearningSpeed:
+    """Prints once how long the rest of the run will take, from the speed of the learning phase alone."""
+
+    MIN_SECONDS = 5.0
+
+    def __init__(self, total: int, out):
+        self.total, self.out = total, out
+        self.start_step: int | None = None
+        self.clock = 0.0
+        self.done = False
+
+    def start(self, step: int) -> None:
+        self.start_step, self.clock = step, time.perf_counter()
+
+    def observe(self, step: int) -> None:
+        if self.done or self.start_step is None:
+            return
+        elapsed = time.perf_counter() - self.clock
+        if elapsed < self.MIN_SECONDS or step == self.start_step:
+            return
+        rate = (step - self.start_step) / elapsed
+        self.out(f"learning at {rate:,.1f} steps/s: about {format_duration((self.total - step) / rate)} "
+                 f"for the remaining {self.total - step:,} steps")
+        self.done = True
+
+
+def format_duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3.5 h``, ``4.2 days``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def remove_orphan_temp_files(run_dir: Path) -> None:
+    """Delete the temporary files of atomic writes that a killed process left (``.NAME.XXXX.tmp``).
+
+    Only the one process holding the run folder's lock calls this, so none of them is being written.
+    """
+    for folder in (run_dir, run_dir / VIDEOS_DIR):
+        if folder.is_dir():
+            for path in folder.glob(".*.tmp*"):
+                if path.is_file():
+                    path.unlink(missing_ok=True)
+
+
+def load_resume_state(cfg: Config) -> dict:
+    """The checkpoint of ``cfg.run_dir``, checked against the run's tasks and replay capacity before any env is built.
+
+    :raises CheckpointError: missing, corrupt, or of another benchmark or buffer size.
+    """
+    state = load_checkpoint(checkpoint_path(cfg.run_dir), map_location="cpu")
+    names = benchmark_task_names(cfg.benchmark)
+    if state.get("task_names") != names:
+        raise CheckpointError(f"checkpoint of {str(cfg.run_dir)!r} was trained on tasks {state.get('task_names')}, "
+                              f"not the {cfg.benchmark.label} tasks {names} of its config")
+    capacity = max(1, cfg.train.buffer_size // len(names))
+    saved = state.get("buffer", {}).get("capacity")
+    if saved != capacity:
+        raise CheckpointError(f"checkpoint of {str(cfg.run_dir)!r} holds a replay buffer of {saved} transitions per "
+                              f"task, not the {capacity} of train.buffer_size={cfg.train.buffer_size}")
+    return state
 
 
 def crossed(prev_step: int, step: int, every: int) -> bool:
@@ -115,8 +221,18 @@ class Trainer:
         self.envs.action_space.np_random.bit_generator.state = rng["action_space"]
 
     def save(self) -> None:
+        """Write the checkpoint atomically.
+
+        :raises OSError: the file could not be written (a full disk): one line, the last checkpoint intact.
+        """
         self._check_finite()
-        save_checkpoint(checkpoint_path(self.run_dir), self.state_dict())
+        path = checkpoint_path(self.run_dir)
+        try:
+            save_checkpoint(path, self.state_dict())
+        except OSError as exc:
+            kept = "the last checkpoint is intact" if path.exists() else "no checkpoint was written"
+            raise OSError(exc.errno, f"cannot write the checkpoint {path} at step {self.step:,} "
+                                     f"({exc.strerror or exc}); {kept}") from None
 
     def _check_finite(self) -> None:
         """Stop the run if any update so far produced NaN/inf (one host sync)."""
@@ -131,9 +247,12 @@ class Trainer:
                 else "no checkpoint was written")
         raise FloatingPointError(f"{problem}; {kept}")
 
-    def resume(self) -> None:
-        """Load the run's checkpoint and drop evaluations logged after it (they will be redone)."""
-        self.load_state_dict(load_checkpoint(checkpoint_path(self.run_dir), map_location=self.device))
+    def resume(self, state: dict | None = None) -> None:
+        """Load the run's checkpoint and drop evaluations logged after it (they will be redone).
+
+        :param state: the checkpoint, when the caller has already loaded (and checked) it.
+        """
+        self.load_state_dict(state if state is not None else load_resume_state(self.cfg))
         evals_file = self.run_dir / EVALS_FILE
         if evals_file.exists():
             kept = [json.loads(line) for line in evals_file.read_text().splitlines() if line.strip()]
@@ -142,25 +261,41 @@ class Trainer:
             self._write_evals()
 
     # ---------------------------------------------------------------- loop
-    def run(self, resume: bool = False) -> dict:
-        """Train to ``total`` steps (continuing from the checkpoint when ``resume``); return the results."""
+    def run(self, resume: bool = False, state: dict | None = None) -> dict:
+        """Train to ``total`` steps (continuing from the checkpoint when ``resume``); return the results.
+
+        SIGINT (Ctrl-C) and SIGTERM (what SLURM sends before a kill) stop the loop after the
+        current step, save a checkpoint and raise :class:`TrainingInterrupted`.
+
+        :param state: the checkpoint to resume from, when the caller has already loaded it.
+        """
         self.videos = (PeriodicVideos(self.cfg, self.task_names, self.run_dir, self.out, self.eval_envs)
                        if self.cfg.video.every else None)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_orphan_temp_files(self.run_dir)
         if resume:
-            self.resume()
+            self.resume(state)
             self.out(f"resuming {self.run_dir} from step {self.step}")
         else:
-            (self.run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(self.cfg)))
-        writer = SummaryWriter(str(self.run_dir / "tb"))
+            config_text = OmegaConf.to_yaml(OmegaConf.structured(self.cfg))
+            write_text(self.run_dir / CONFIG_FILE, config_text, readable=True)
+        self._announce()
+        # purge_step: a resumed run drops the events logged after its checkpoint (they are redone).
+        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step if resume else None)
         if not resume:
             writer.add_text("hyperparameters", "```yaml\n" + OmegaConf.to_yaml(OmegaConf.structured(self.cfg)) + "```")
         try:
-            self._loop(writer)
+            with StopSignals() as stop:
+                self._loop(writer, stop)
+                if stop.received:
+                    self.save()
+                    raise TrainingInterrupted(
+                        f"stopped by {stop.received} at step {self.step:,}; checkpoint saved in {self.run_dir}. "
+                        f"Resume with: mtrl-famo train run_dir={self.run_dir}", stop.exit_code)
             final = self._evaluate(writer, self.cfg.eval.final_episodes)
             results = self._results(final)
+            self.save()  # the final weights first: results.json says "finished" only once they are safe
             write_json(self.run_dir / RESULTS_FILE, results)
-            self.save()
         finally:
             writer.close()
             self.envs.close()
@@ -169,7 +304,21 @@ class Trainer:
         self.out(f"results written to {self.run_dir / RESULTS_FILE}")
         return results
 
-    def _loop(self, writer: SummaryWriter) -> None:
+    def _announce(self) -> None:
+        """The start line (folder, benchmark, device, budget) and, on a CPU with a long budget, a warning."""
+        n, cfg = self.lengths, self.cfg
+        threads = f", {torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}" \
+            if self.device.type == "cpu" else ""
+        self.out(f"training {self.run_dir}: {cfg.benchmark.label} ({self.num_tasks} task"
+                 f"{'s' if self.num_tasks != 1 else ''}), aggregator={cfg.aggregator.name}, "
+                 f"device={self.device}{threads}; {n.total:,} steps ({n.warmup:,} of random-action warm-up), "
+                 f"from step {self.step:,}; the time left is printed once learning has run a few seconds")
+        if self.device.type == "cpu" and n.total - self.step >= CPU_WARNING_STEPS:
+            print(f"warning: {n.total - self.step:,} steps on a CPU take days with the default networks (about "
+                  f"100 h for the full MT10 protocol on 2 cores); for a CPU-sized study use experiment=mt10_cpu, "
+                  f"or a GPU (device=cuda)", file=sys.stderr)
+
+    def _loop(self, writer: SummaryWriter, stop: "StopSignals") -> None:
         """Collect and learn until ``total`` steps.
 
         Each iteration sends the actions to the envs (``step_async``), runs the gradient
@@ -181,13 +330,18 @@ class Trainer:
         obs, _ = self.envs.reset(seed=cfg.seed + self.step)
         episode_success = np.zeros(k, dtype=bool)
         sps_clock, sps_step = time.perf_counter(), self.step
-        bar = tqdm(total=n.total, initial=self.step, unit="step", unit_scale=True, dynamic_ncols=True,
-                   disable=not cfg.train.progress, mininterval=1.0)
-        while self.step < n.total:
+        bar = self._progress_bar(learning=self.step >= n.warmup)
+        eta = LearningSpeed(n.total, self.out)
+        while self.step < n.total and not stop.received:
             prev_step, self.step = self.step, self.step + k
             log_now = crossed(prev_step, self.step, n.log_every)
             clock = time.perf_counter()
             learning = prev_step >= n.warmup and self.buffer.size > 0
+            if learning and eta.start_step is None:  # the first learning step of this process
+                if bar.total != n.total:  # the warm-up bar's rate would make the ETA far too short
+                    bar.close()
+                    bar = self._progress_bar(learning=True, initial=prev_step)
+                eta.start(prev_step)
             actions = self.agent.act(obs) if learning else self.envs.action_space.sample()
             if learning and not np.isfinite(actions).all():  # already on the host: costs no sync
                 self._check_finite()  # names the update that went wrong, if the watch saw it
@@ -215,6 +369,8 @@ class Trainer:
             self._log_finished_episodes(writer, infos, done, episode_success)
             obs = next_obs
             bar.update(k)
+            if learning:
+                eta.observe(self.step)
 
             if log_now:
                 now = time.perf_counter()
@@ -229,6 +385,13 @@ class Trainer:
             if crossed(prev_step, self.step, n.checkpoint_every) and self.step < n.total:
                 self.save()
         bar.close()
+
+    def _progress_bar(self, learning: bool, initial: int | None = None) -> tqdm:
+        """The bar of one phase: warm-up (to ``warmup``) or learning (to ``total``), each with its own rate."""
+        n = self.lengths
+        end = n.total if learning or n.warmup >= n.total else n.warmup
+        return tqdm(total=end, initial=self.step if initial is None else initial, unit="step", unit_scale=True, dynamic_ncols=True,
+                    disable=not self.cfg.train.progress, mininterval=1.0, desc="learning" if learning else "warm-up")
 
     # ---------------------------------------------------------------- logging
     @staticmethod

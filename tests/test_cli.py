@@ -50,7 +50,7 @@ def test_eval_prints_every_task_and_writes_json(tiny_mt10_run):
 
 def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     run_dir = tmp_path / "killed"
-    args = [*TINY, "train.total_steps=200000", "train.warmup_steps=200000", "train.checkpoint_every=500",
+    args = [*TINY, "train.total_steps=400000", "train.warmup_steps=200000", "train.checkpoint_every=500",
             "eval.every=100000", f"run_dir={run_dir}"]
     proc = subprocess.Popen([sys.executable, "-m", "mtrl_famo.cli", "train", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

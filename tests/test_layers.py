@@ -12,7 +12,7 @@ PACKAGE = Path(mtrl_famo.__file__).parent
 # From the ground floor up; a module may import its own layer (no circle) and the layers below.
 LAYERS = [
     ["config", "run_files", "atomic"],  # the typed schema and file helpers: nothing of ours below them
-    ["runtime", "optim", "buffer", "networks", "nonfinite", "checkpoint", "envs", "aggregators"],
+    ["runtime", "optim", "buffer", "networks", "nonfinite", "checkpoint", "envs", "aggregators", "run_lock"],
     ["sac"],
     ["evaluate", "video", "video.tasks", "video.gl", "video.encode", "video.render", "video.periodic"],
     ["train"],

@@ -160,14 +160,24 @@ def test_a_missing_path_is_refused(tmp_path):
         find_run_dirs([tmp_path / "missing"])
 
 
-def test_mismatched_benchmarks_in_one_group_are_refused(runs_root, tmp_path):
+@pytest.mark.parametrize("old, new, name", [
+    ("max_episode_steps: 50", "max_episode_steps: 500", "benchmark.max_episode_steps"),
+    ("critic_lr: 0.0003", "critic_lr: 0.001", "agent.critic_lr"),
+])
+def test_runs_with_different_settings_are_never_pooled(runs_root, tmp_path, old, new, name):
+    """Seeds 0 and 1 of mean, one of them with another setting: two groups of one seed each, named by it."""
     shutil.copytree(runs_root / "mean-s0", tmp_path / "a")
     shutil.copytree(runs_root / "mean-s1", tmp_path / "b")
     config = tmp_path / "b" / "config.yaml"
-    config.write_text(config.read_text().replace("max_episode_steps: 50", "max_episode_steps: 500"))
-    assert_usage_error(run_cli("report", str(tmp_path), "--out", str(tmp_path / "out")),
-                       "mismatched benchmarks (benchmark.max_episode_steps=50 vs 500)")
-    assert not (tmp_path / "out").exists()
+    assert old in config.read_text()
+    config.write_text(config.read_text().replace(old, new))
+    out = tmp_path / "out"
+    proc = run_cli("report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    rows = read_csv(out / "summary.csv")
+    assert sorted((r["runs"], r["seeds"], r["settings"]) for r in rows) == [
+        ("1", "0", f"{name}={old.split(': ')[1]}"), ("1", "1", f"{name}={new.split(': ')[1]}")]
+    assert f"| mean ({name}={new.split(': ')[1]}) " in (out / "report.md").read_text()
 
 
 def test_bootstrap_and_iqm_on_a_fixed_matrix():

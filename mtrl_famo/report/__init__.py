@@ -2,7 +2,8 @@
 
 Reads the run folders written by ``mtrl-famo train`` (``config.yaml``,
 ``evals.jsonl`` and, once a run has finished, ``results.json``), groups the runs
-by (benchmark, aggregator) and reports, per group, the final evaluation:
+(one group per setting: runs that differ in any config value but the seed, paths and
+logging are never pooled) and reports, per group, the final evaluation:
 
 - the mean success rate over tasks, averaged over seeds, with a 95% stratified
   percentile bootstrap confidence interval over seeds (runs are resampled with
@@ -35,4 +36,4 @@ from mtrl_famo.config import ConfigError
 
 
 class ReportError(ConfigError):
-    """Bad input to ``mtrl-famo report`` (no run found, mismatched runs in one group); exit code 2."""
+    """Bad input to ``mtrl-famo report`` (no run found, unreadable run files); exit code 2."""

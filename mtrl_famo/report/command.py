@@ -65,7 +65,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mtrl-famo report",
-                description="Tables and plots across runs and seeds, grouped by (benchmark, aggregator).")
+                description="Tables and plots across runs and seeds, one group per setting (runs differing only in seed).")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="run folders written by `mtrl-famo train`, or folders containing them (searched recursively)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",

@@ -8,7 +8,7 @@ from mtrl_famo.config import AGGREGATOR_NAMES
 from mtrl_famo.report import ReportError
 from mtrl_famo.report.runs import Run
 
-# Config keys that may differ between the seeds of one group without a note.
+# Config keys in which the seeds of one group may differ: seed, paths, logging and speed settings.
 IGNORED_KEYS = ("seed", "run_dir", "device", "train.progress", "train.torch_threads", "train.compile",
                 "train.log_every", "train.checkpoint_every", "benchmark.vector_strategy", "video.")
 
@@ -17,32 +17,62 @@ def aggregator_order(name: str) -> tuple:
     return (AGGREGATOR_NAMES.index(name) if name in AGGREGATOR_NAMES else len(AGGREGATOR_NAMES), name)
 
 
-def group_runs(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
-    """``{benchmark: {aggregator: [runs by seed]}}``, benchmarks and aggregators in a stable order.
+def ignored(key: str) -> bool:
+    """Whether runs may differ in ``key`` and still be seeds of one setting (seed, paths, logging, speed)."""
+    return key in IGNORED_KEYS or any(key.startswith(p) for p in IGNORED_KEYS if p.endswith("."))
 
-    :raises ReportError: if the runs of one group evaluate different tasks or differ in a benchmark setting.
+
+def setting(run: Run) -> tuple:
+    """Every config value of ``run`` that defines what was trained (all keys but the ignored ones)."""
+    return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in run.config.items() if not ignored(k)))
+
+
+def group_runs(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
+    """``{benchmark: {group name: [runs by seed]}}``: one group per setting, never two settings in one.
+
+    Runs are seeds of one group only when every config value but the seed, paths and logging
+    agrees (so a ``protocol``, width or learning rate added to the config later splits groups
+    with no change here). A group is named by its aggregator, followed by the values that set it
+    apart from the other groups of its benchmark, e.g. ``famo (agent.critic_lr=0.001)``.
+
+    :raises ReportError: if the runs of one group evaluate different tasks.
     """
-    groups: dict[str, dict[str, list[Run]]] = {}
+    by_setting: dict[str, dict[tuple, list[Run]]] = {}
     for run in runs:
-        groups.setdefault(run.benchmark, {}).setdefault(run.aggregator, []).append(run)
-    for bench, by_agg in groups.items():
-        for agg, members in by_agg.items():
+        by_setting.setdefault(run.benchmark, {}).setdefault(setting(run), []).append(run)
+    sections = {}
+    for bench in sorted(by_setting, key=_benchmark_order):
+        named = {}
+        for key, members in by_setting[bench].items():
             members.sort(key=lambda r: (r.seed, str(r.path)))
-            first = members[0]
+            name = group_name(members[0], list(by_setting[bench]))
             for other in members[1:]:
-                if other.tasks != first.tasks:
+                if other.tasks != members[0].tasks:
                     raise ReportError(
-                        f"runs {str(first.path)!r} and {str(other.path)!r} are both {bench}/{agg} but evaluate "
-                        f"different tasks ({len(first.tasks)} vs {len(other.tasks)}); report them separately")
-                for key in sorted(set(first.config) | set(other.config)):
-                    if key.startswith("benchmark.") and key != "benchmark.vector_strategy" \
-                            and first.config.get(key) != other.config.get(key):
-                        raise ReportError(
-                            f"runs {str(first.path)!r} and {str(other.path)!r} are both {bench}/{agg} but have "
-                            f"mismatched benchmarks ({key}={first.config.get(key)} vs {other.config.get(key)}); "
-                            f"report them separately")
-    return {b: dict(sorted(groups[b].items(), key=lambda kv: aggregator_order(kv[0])))
-            for b in sorted(groups, key=_benchmark_order)}
+                        f"runs {str(members[0].path)!r} and {str(other.path)!r} have the same settings but evaluate "
+                        f"different tasks ({len(members[0].tasks)} vs {len(other.tasks)}); report them separately")
+            named[name] = members
+        sections[bench] = dict(sorted(named.items(), key=lambda kv: (aggregator_order(kv[1][0].aggregator), kv[0])))
+    return sections
+
+
+def group_name(run: Run, settings: list[tuple]) -> str:
+    """``aggregator`` plus each value that differs between ``settings`` (the groups of one benchmark).
+
+    Options of the aggregator (``aggregator.*``) are named only where groups of the same aggregator
+    differ in them; other keys wherever any two groups differ.
+    """
+    own = dict(setting(run))
+    same_aggregator = [dict(s) for s in settings if dict(s).get("aggregator.name") == own.get("aggregator.name")]
+    everyone = [dict(s) for s in settings]
+    parts = []
+    for key in sorted(own):
+        if key == "aggregator.name":
+            continue
+        pool = same_aggregator if key.startswith("aggregator.") else everyone
+        if any(s.get(key) != own[key] for s in pool):
+            parts.append(f"{key}={json.loads(own[key])}".replace(" ", ""))
+    return run.aggregator + (f" ({', '.join(parts)})" if parts else "")
 
 
 def _benchmark_order(bench: str) -> tuple:
@@ -55,7 +85,7 @@ def config_differences(members: list[Run]) -> dict[str, list]:
     keys = sorted(set().union(*(r.config for r in members)))
     diffs = {}
     for key in keys:
-        if key in IGNORED_KEYS or any(key.startswith(p) for p in IGNORED_KEYS if p.endswith(".")):
+        if ignored(key):
             continue
         values = [r.config.get(key) for r in members]
         if any(v != values[0] for v in values[1:]):

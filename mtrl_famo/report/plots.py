@@ -20,9 +20,15 @@ def _colors(groups: list[GroupSummary]) -> dict[str, tuple]:
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10"]
-    # A fixed colour per known aggregator, so plots of different reports agree.
-    return {g.aggregator: cmap(aggregator_order(g.aggregator)[0] if g.aggregator in AGGREGATOR_NAMES
-                               else len(AGGREGATOR_NAMES) + i) for i, g in enumerate(groups)}
+    # A fixed colour per known aggregator, so plots of different reports agree; further groups of an
+    # aggregator (other settings) take the colours after those.
+    colors, spare = {}, len(AGGREGATOR_NAMES)
+    for g in groups:
+        if g.name == g.aggregator and g.aggregator in AGGREGATOR_NAMES:
+            colors[g.name] = cmap(aggregator_order(g.aggregator)[0])
+        else:
+            colors[g.name], spare = cmap(spare % cmap.N), spare + 1
+    return colors
 
 
 def _step_formatter():
@@ -48,17 +54,17 @@ def plot_learning_curves(bench: str, groups: list[GroupSummary]):
             present = ~np.isnan(success[:, p, 0])
             low[p], high[p] = stratified_bootstrap_ci(success[present, p, :], "mean", reps=CURVE_REPS)
         marker = "o" if len(grid) <= 25 else None
-        ax.plot(grid, mean, color=colors[g.aggregator], marker=marker, markersize=3.5, linewidth=1.8,
+        ax.plot(grid, mean, color=colors[g.name], marker=marker, markersize=3.5, linewidth=1.8,
                 label=g.label + ("" if g.finished else ", in progress"))
         if not np.isnan(low).all():
-            ax.fill_between(grid, low, high, color=colors[g.aggregator], alpha=0.2, linewidth=0)
+            ax.fill_between(grid, low, high, color=colors[g.name], alpha=0.2, linewidth=0)
     ax.set_xlabel("environment steps (summed over tasks)")
     ax.set_ylabel(f"success rate (mean over {k} task{'s' if k != 1 else ''})")
     ax.set_title(f"{pretty_benchmark(bench)}: evaluation success, mean over seeds with 95% CI band")
     ax.set_ylim(-0.02, 1.02)
     ax.xaxis.set_major_formatter(_step_formatter())
     ax.grid(alpha=0.3)
-    ax.legend(title="aggregator", loc="best", frameon=True)
+    ax.legend(title="group", loc="best", frameon=True)
     return fig
 
 
@@ -106,19 +112,19 @@ def plot_per_task_curves(bench: str, groups: list[GroupSummary]):
     nrows = math.ceil(len(tasks) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(max(7.5, 2.9 * ncols + 2.2), 2.1 * nrows + 1.3), sharex=True,
                              sharey=True, squeeze=False, layout="constrained")
-    data = {g.aggregator: curves(g.runs, tasks) for g in groups}
-    bands = {g.aggregator: bootstrap_ci_over_runs(data[g.aggregator][1]) for g in groups}
+    data = {g.name: curves(g.runs, tasks) for g in groups}
+    bands = {g.name: bootstrap_ci_over_runs(data[g.name][1]) for g in groups}
     for j, task in enumerate(tasks):
         ax = axes[j // ncols][j % ncols]
         for g in groups:
-            grid, success = data[g.aggregator]
+            grid, success = data[g.name]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", category=RuntimeWarning)
                 mean = np.nanmean(success[:, :, j], axis=0)
-            ax.plot(grid, mean, color=colors[g.aggregator], linewidth=1.5, label=g.label)
-            low, high = bands[g.aggregator][0][:, j], bands[g.aggregator][1][:, j]
+            ax.plot(grid, mean, color=colors[g.name], linewidth=1.5, label=g.label)
+            low, high = bands[g.name][0][:, j], bands[g.name][1][:, j]
             if not np.isnan(low).all():
-                ax.fill_between(grid, low, high, color=colors[g.aggregator], alpha=0.2, linewidth=0)
+                ax.fill_between(grid, low, high, color=colors[g.name], alpha=0.2, linewidth=0)
         ax.set_title(task, fontsize=9)
         ax.set_ylim(-0.04, 1.04)
         ax.grid(alpha=0.3)
@@ -128,7 +134,7 @@ def plot_per_task_curves(bench: str, groups: list[GroupSummary]):
         axes[j // ncols][j % ncols].set_visible(False)
         axes[(j // ncols) - 1][j % ncols].xaxis.set_tick_params(labelbottom=True)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", title="aggregator", fontsize=9)
+    fig.legend(handles, labels, loc="outside right upper", title="group", fontsize=9)
     fig.supxlabel("environment steps (summed over tasks)", fontsize=10)
     fig.supylabel("success rate (mean over seeds, 95% CI)", fontsize=10)
     fig.suptitle(f"{pretty_benchmark(bench)}: per-task evaluation success", fontsize=11)

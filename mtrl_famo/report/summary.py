@@ -14,9 +14,10 @@ from mtrl_famo.report.stats import TABLE_REPS, bootstrap_ci_over_runs, iqm, stra
 
 @dataclass
 class GroupSummary:
-    """The final-evaluation statistics of one (benchmark, aggregator) group."""
+    """The final-evaluation statistics of one group: the seeds of one setting on one benchmark."""
 
     benchmark: str
+    name: str  # the aggregator, and the values that set this group apart, e.g. "famo (agent.critic_lr=0.001)"
     aggregator: str
     runs: list[Run]
     tasks: list[str]
@@ -32,7 +33,13 @@ class GroupSummary:
     @property
     def label(self) -> str:
         n = len(self.runs)
-        return f"{self.aggregator} ({n} seed{'s' if n != 1 else ''})"
+        return f"{self.name}, {n} seed{'s' if n != 1 else ''}" if "(" in self.name \
+            else f"{self.name} ({n} seed{'s' if n != 1 else ''})"
+
+    @property
+    def settings(self) -> str:
+        """What sets this group apart from the others of its benchmark (``key=value, ...``), or empty."""
+        return self.name[len(self.aggregator):].strip().removeprefix("(").removesuffix(")")
 
     @property
     def seeds(self) -> list[int]:
@@ -61,7 +68,7 @@ class GroupSummary:
         return f"in progress: {len(running)} of {len(self.runs)} run{'s' if len(self.runs) != 1 else ''} at {where}"
 
 
-def summarize(benchmark: str, aggregator: str, members: list[Run]) -> GroupSummary:
+def summarize(benchmark: str, name: str, members: list[Run]) -> GroupSummary:
     tasks = members[0].tasks
     scores = np.array([[r.final["success_rate"][t] for t in tasks] for r in members], dtype=float)
     returns = np.array([[r.final.get("episodic_return", {}).get(t, np.nan) for t in tasks] for r in members],
@@ -70,11 +77,11 @@ def summarize(benchmark: str, aggregator: str, members: list[Run]) -> GroupSumma
     seeds = [r.seed for r in members]
     dup = sorted({s for s in seeds if seeds.count(s) > 1})
     if dup:
-        notes.append(f"{benchmark}/{aggregator}: several runs share seed {', '.join(map(str, dup))}")
+        notes.append(f"{benchmark}/{name}: several runs share seed {', '.join(map(str, dup))}")
     for key, values in config_differences(members).items():
-        notes.append(f"{benchmark}/{aggregator}: runs differ in {key} ({', '.join(values)})")
+        notes.append(f"{benchmark}/{name}: runs differ in {key} ({', '.join(values)})")
     return GroupSummary(
-        benchmark=benchmark, aggregator=aggregator, runs=members, tasks=tasks, scores=scores, returns=returns,
+        benchmark=benchmark, name=name, aggregator=members[0].aggregator, runs=members, tasks=tasks, scores=scores, returns=returns,
         mean=float(scores.mean()), mean_ci=stratified_bootstrap_ci(scores, "mean"),
         iqm=float(iqm(scores, axis=None)), iqm_ci=stratified_bootstrap_ci(scores, "iqm"),
         task_ci=bootstrap_ci_over_runs(scores, reps=TABLE_REPS), notes=notes)

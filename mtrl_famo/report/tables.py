@@ -42,10 +42,10 @@ def markdown(sections: dict[str, list[GroupSummary]], num_runs: int, skipped: li
         rows = []
         for g in groups:
             lo, hi = g.steps
-            rows.append([g.aggregator, str(len(g.runs)), fmt_steps(lo) if lo == hi else
+            rows.append([g.name, str(len(g.runs)), fmt_steps(lo) if lo == hi else
                          f"{fmt_steps(lo)}-{fmt_steps(hi)}", g.episodes, fmt_ci(g.mean, g.mean_ci),
                          fmt_ci(g.iqm, g.iqm_ci), g.status])
-        lines += _md_table(["aggregator", "seeds", "step", "episodes", "mean success [95% CI]", "IQM [95% CI]",
+        lines += _md_table(["group", "seeds", "step", "episodes", "mean success [95% CI]", "IQM [95% CI]",
                             "status"], rows, ["l", "r", "r", "r", "l", "l", "l"])
         notes = [n for g in groups for n in g.notes]
         if notes:
@@ -53,7 +53,7 @@ def markdown(sections: dict[str, list[GroupSummary]], num_runs: int, skipped: li
         lines += ["", "Per-task success (mean over seeds):", ""]
         task_rows = [[t] + [f"{g.scores[:, j].mean():.2f}" for g in groups] for j, t in enumerate(groups[0].tasks)]
         task_rows.append(["**mean**"] + [f"**{g.mean:.2f}**" for g in groups])
-        lines += _md_table(["task"] + [g.aggregator for g in groups], task_rows, ["l"] + ["r"] * len(groups))
+        lines += _md_table(["task"] + [g.name for g in groups], task_rows, ["l"] + ["r"] * len(groups))
         if with_plots:
             names = plot_names(bench)
             lines += ["", f"![{pretty_benchmark(bench)} learning curves]({names['learning_curves']})",
@@ -77,7 +77,7 @@ def _num(x: float) -> str:
 def summary_csv(sections: dict[str, list[GroupSummary]]) -> str:
     header = ["benchmark", "aggregator", "runs", "seeds", "finished_runs", "step_min", "step_max", "total_steps",
               "episodes", "mean_success", "mean_success_ci_low", "mean_success_ci_high", "iqm", "iqm_ci_low",
-              "iqm_ci_high", "status"]
+              "iqm_ci_high", "status", "settings"]
     rows = []
     for bench, groups in sections.items():
         for g in groups:
@@ -85,13 +85,13 @@ def summary_csv(sections: dict[str, list[GroupSummary]]) -> str:
             rows.append([bench, g.aggregator, len(g.runs), " ".join(map(str, g.seeds)),
                          sum(r.finished for r in g.runs), *g.steps, " ".join(map(str, totals)), g.episodes,
                          _num(g.mean), _num(g.mean_ci[0]), _num(g.mean_ci[1]), _num(g.iqm), _num(g.iqm_ci[0]),
-                         _num(g.iqm_ci[1]), g.status])
+                         _num(g.iqm_ci[1]), g.status, g.settings])
     return _csv_text(header, rows)
 
 
 def per_task_csv(sections: dict[str, list[GroupSummary]]) -> str:
     header = ["benchmark", "aggregator", "task", "runs", "mean_success", "ci_low", "ci_high", "std_success",
-              "mean_return"]
+              "mean_return", "settings"]
     rows = []
     for bench, groups in sections.items():
         for g in groups:
@@ -101,15 +101,15 @@ def per_task_csv(sections: dict[str, list[GroupSummary]]) -> str:
                              _num(float(g.task_ci[0][j])), _num(float(g.task_ci[1][j])),
                              _num(float(col.std(ddof=1)) if len(col) > 1 else math.nan),
                              _num(float(np.nanmean(g.returns[:, j])) if not np.isnan(g.returns[:, j]).all()
-                                  else math.nan)])
+                                  else math.nan), g.settings])
     return _csv_text(header, rows)
 
 
 def runs_csv(sections: dict[str, list[GroupSummary]]) -> str:
     header = ["benchmark", "aggregator", "seed", "step", "total_steps", "finished", "episodes", "mean_success",
-              "path"]
+              "path", "settings"]
     rows = [[bench, g.aggregator, r.seed, r.step, r.total_steps or "", r.finished, r.final.get("episodes", ""),
-             _num(r.mean_success), str(r.path)]
+             _num(r.mean_success), str(r.path), g.settings]
             for bench, groups in sections.items() for g in groups for r in g.runs]
     return _csv_text(header, rows)
 

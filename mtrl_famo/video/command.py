@@ -119,5 +119,5 @@ def main(args: Sequence[str]) -> int:
           f"{os.environ.get('MUJOCO_GL')}")
     render_videos(agent, cfg, task_names, tasks, out, step, episodes=opts["episodes"],
                   seed=opts["seed"], camera=opts["camera"], width=opts["width"], height=opts["height"],
-                  fps=opts["fps"], fmt=fmt)
+                  fps=opts["fps"], fmt=fmt, progress=True)
     return 0

@@ -17,6 +17,7 @@ GL_INSTALL = ("install EGL (Debian: apt-get install libegl1 libgl1) or OSMesa (D
 _PROBE = ("import warnings, mujoco; warnings.simplefilter('error'); "
           "c = mujoco.GLContext(16, 16); c.make_current(); c.free()")
 _chosen_backend: str | None = None
+_user_failure: tuple[str, str] | None = None  # (MUJOCO_GL set by the user, why it cannot render)
 
 
 def probe_backend(backend: str) -> str | None:
@@ -36,6 +37,24 @@ def probe_backend(backend: str) -> str | None:
     return reason if len(reason) <= 160 else reason[:157] + "..."
 
 
+def guard_user_backend() -> None:
+    """Let a command that may render nothing run when the user's ``MUJOCO_GL`` cannot make a context.
+
+    ``import mujoco`` (which Meta-World does) fails outright when ``MUJOCO_GL`` names a backend
+    this machine lacks (``osmesa`` without OSMesa). If the one set is not usable, this process
+    imports MuJoCo with ``MUJOCO_GL=disable`` instead, and :func:`choose_gl_backend` reports the
+    failure if the command then asks for rendering. Costs one probe, only when ``MUJOCO_GL`` is set.
+    """
+    global _user_failure
+    user = os.environ.get("MUJOCO_GL", "").strip().lower()
+    if not user or user in ("disable", "disabled", "off", "false", "0"):
+        return
+    reason = probe_backend(user) if user in KNOWN_GL else "not a MuJoCo rendering backend"
+    if reason is not None:
+        _user_failure = (user, reason)
+        os.environ["MUJOCO_GL"] = "disable"
+
+
 def choose_gl_backend() -> str:
     """Pick MuJoCo's off-screen OpenGL backend and export it as ``MUJOCO_GL`` for this process.
 
@@ -49,6 +68,11 @@ def choose_gl_backend() -> str:
     if _chosen_backend is not None:
         return _chosen_backend
     user = os.environ.get("MUJOCO_GL", "").strip().lower()
+    if _user_failure is not None:
+        user, reason = _user_failure
+        if user in KNOWN_GL:
+            raise VideoError(f"no off-screen OpenGL for rendering: tried MUJOCO_GL={user} ({reason}), set in your "
+                             f"environment; {GL_INSTALL}, or unset MUJOCO_GL to try {' then '.join(GL_BACKENDS)}")
     if user and user not in KNOWN_GL:
         raise VideoError(f"MUJOCO_GL={user!r} is not a MuJoCo rendering backend; allowed: {', '.join(KNOWN_GL)} "
                          f"(or unset it to try {' then '.join(GL_BACKENDS)})")

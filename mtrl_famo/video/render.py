@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from mtrl_famo.video import VideoError
 from mtrl_famo.video.encode import FPS, VideoFile, resolve_format
@@ -135,7 +136,8 @@ class TaskVideo:
 
 
 def record_task(agent: "MTSAC", env, task: str, index: int, num_tasks: int, step: int, episodes: int,
-                seed: int, camera: str, writer: VideoFile, cfg_max_steps: int) -> list[Episode]:
+                seed: int, camera: str, writer: VideoFile, cfg_max_steps: int,
+                on_step: Callable[[], None] | None = None) -> list[Episode]:
     """Run ``episodes`` deterministic episodes of one task and append their annotated frames to ``writer``.
 
     An episode ends at its first success or when the environment truncates it (at ``cfg_max_steps``).
@@ -166,6 +168,8 @@ def record_task(agent: "MTSAC", env, task: str, index: int, num_tasks: int, step
             if success_step is None and float(info.get("success", 0.0)) > 0:
                 success_step = t
             writer.append(frame())
+            if on_step is not None:
+                on_step()
             if success_step is not None or terminated or truncated:
                 break
         results.append(Episode(steps=t, success=success_step is not None, success_step=success_step,
@@ -176,13 +180,16 @@ def record_task(agent: "MTSAC", env, task: str, index: int, num_tasks: int, step
 def render_videos(agent: "MTSAC", cfg: "Config", task_names: list[str], tasks: Sequence[str], out_dir: Path,
                   step: int, episodes: int = 1, seed: int | None = None, camera: str = "corner", width: int = 480,
                   height: int = 480, fps: int = FPS, fmt: str = "auto",
-                  log: Callable[[str], None] | None = print, goals: dict | None = None) -> list[TaskVideo]:
+                  log: Callable[[str], None] | None = print, goals: dict | None = None,
+                  progress: bool = False) -> list[TaskVideo]:
     """Write ``out_dir/<task>-step<step>.<mp4|gif>`` for each task in ``tasks``.
 
     :param agent: the policy (its deterministic action is used).
     :param cfg: the run's config (benchmark, episode length, seed).
     :param task_names: the run's tasks in training order (one-hot index = position).
     :param goals: ``{task: [metaworld.Task]}`` as training used them (default: recomputed from the config).
+    :param progress: show a bar of rendered steps on stderr (at most ``episodes x max_episode_steps`` per task;
+        an episode that succeeds early ends early).
     :raises VideoError: no off-screen OpenGL, an unknown camera, or no encoder for ``fmt``.
     """
     choose_gl_backend()
@@ -195,8 +202,14 @@ def render_videos(agent: "MTSAC", cfg: "Config", task_names: list[str], tasks: S
         path = Path(out_dir) / f"{task}-step{step}.{fmt}"
         writer = VideoFile(path, fmt, fps)
         try:
-            eps = record_task(agent, env, task, index, len(task_names), step, episodes, seed, camera, writer,
-                              cfg.benchmark.max_episode_steps)
+            bar = tqdm(total=episodes * cfg.benchmark.max_episode_steps, unit="step", desc=f"rendering {task}",
+                       dynamic_ncols=True, mininterval=1.0, leave=False) if progress else None
+            try:
+                eps = record_task(agent, env, task, index, len(task_names), step, episodes, seed, camera, writer,
+                                  cfg.benchmark.max_episode_steps, on_step=bar.update if bar is not None else None)
+            finally:
+                if bar is not None:
+                    bar.close()
             writer.commit()
         except BaseException:
             writer.discard()
