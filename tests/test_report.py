@@ -187,3 +187,24 @@ def test_bootstrap_and_iqm_on_a_fixed_matrix():
     assert scores.min(0).mean() <= low < scores.mean() < high <= scores.max(0).mean()
     assert stratified_bootstrap_ci(scores, "mean") == (low, high)  # seeded: the same report twice
     assert all(np.isnan(stratified_bootstrap_ci(scores[:1], "iqm")))
+
+
+def test_runs_of_different_protocols_are_never_pooled_and_named_by_protocol(runs_root, tmp_path):
+    """A protocol changes several values at once; the group is named by the protocol, not by each value."""
+    shutil.copytree(runs_root / "mean-s0", tmp_path / "a")
+    shutil.copytree(runs_root / "mean-s1", tmp_path / "b")
+    config = tmp_path / "b" / "config.yaml"
+    text = config.read_text()
+    for old, new in (("name: default", "name: metaworld_plus"), ("init: torch", "init: reference"),
+                     ("log_std_mode: tanh", "log_std_mode: clip")):
+        assert old in text
+        text = text.replace(old, new)
+    config.write_text(text)
+    out = tmp_path / "out"
+    proc = run_cli("report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    rows = read_csv(out / "summary.csv")
+    assert sorted((r["protocol"], r["runs"], r["seeds"], r["settings"]) for r in rows) == [
+        ("default", "1", "0", "protocol.name=default"), ("metaworld_plus", "1", "1", "protocol.name=metaworld_plus")]
+    report = (out / "report.md").read_text()
+    assert "| mean (protocol.name=metaworld_plus) | metaworld_plus " in report
