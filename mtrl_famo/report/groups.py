@@ -13,6 +13,14 @@ IGNORED_KEYS = ("seed", "run_dir", "device", "train.progress", "train.torch_thre
                 "train.log_every", "train.checkpoint_every", "benchmark.vector_strategy", "video.")
 
 
+PROTOCOL_KEY = "protocol.name"
+
+
+def protocol_of(run: Run) -> str:
+    """The run's protocol preset; runs from before protocols existed followed ``default``."""
+    return str(run.config.get(PROTOCOL_KEY, "default"))
+
+
 def aggregator_order(name: str) -> tuple:
     return (AGGREGATOR_NAMES.index(name) if name in AGGREGATOR_NAMES else len(AGGREGATOR_NAMES), name)
 
@@ -60,16 +68,18 @@ def group_name(run: Run, settings: list[tuple]) -> str:
     """``aggregator`` plus each value that differs between ``settings`` (the groups of one benchmark).
 
     Options of the aggregator (``aggregator.*``) are named only where groups of the same aggregator
-    differ in them; other keys wherever any two groups differ.
+    differ in them; ``protocol.name`` wherever two groups differ in it; other keys only where groups
+    of the same protocol differ in them (a protocol's own values are named by the protocol).
     """
     own = dict(setting(run))
-    same_aggregator = [dict(s) for s in settings if dict(s).get("aggregator.name") == own.get("aggregator.name")]
     everyone = [dict(s) for s in settings]
+    same_protocol = [s for s in everyone if s.get(PROTOCOL_KEY) == own.get(PROTOCOL_KEY)]
+    same_aggregator = [s for s in same_protocol if s.get("aggregator.name") == own.get("aggregator.name")]
     parts = []
     for key in sorted(own):
         if key == "aggregator.name":
             continue
-        pool = same_aggregator if key.startswith("aggregator.") else everyone
+        pool = everyone if key == PROTOCOL_KEY else same_aggregator if key.startswith("aggregator.") else same_protocol
         if any(s.get(key) != own[key] for s in pool):
             parts.append(f"{key}={json.loads(own[key])}".replace(" ", ""))
     return run.aggregator + (f" ({', '.join(parts)})" if parts else "")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mtrl_famo.report.format import fmt_steps
-from mtrl_famo.report.groups import config_differences
+from mtrl_famo.report.groups import config_differences, protocol_of
 from mtrl_famo.report.runs import Run
 from mtrl_famo.report.stats import TABLE_REPS, bootstrap_ci_over_runs, iqm, stratified_bootstrap_ci
 
@@ -40,6 +40,11 @@ class GroupSummary:
     def settings(self) -> str:
         """What sets this group apart from the others of its benchmark (``key=value, ...``), or empty."""
         return self.name[len(self.aggregator):].strip().removeprefix("(").removesuffix(")")
+
+    @property
+    def protocol(self) -> str:
+        """The protocol preset of the group's runs (the same for all: it is part of the setting)."""
+        return protocol_of(self.runs[0])
 
     @property
     def seeds(self) -> list[int]:

@@ -42,11 +42,11 @@ def markdown(sections: dict[str, list[GroupSummary]], num_runs: int, skipped: li
         rows = []
         for g in groups:
             lo, hi = g.steps
-            rows.append([g.name, str(len(g.runs)), fmt_steps(lo) if lo == hi else
+            rows.append([g.name, g.protocol, str(len(g.runs)), fmt_steps(lo) if lo == hi else
                          f"{fmt_steps(lo)}-{fmt_steps(hi)}", g.episodes, fmt_ci(g.mean, g.mean_ci),
                          fmt_ci(g.iqm, g.iqm_ci), g.status])
-        lines += _md_table(["group", "seeds", "step", "episodes", "mean success [95% CI]", "IQM [95% CI]",
-                            "status"], rows, ["l", "r", "r", "r", "l", "l", "l"])
+        lines += _md_table(["group", "protocol", "seeds", "step", "episodes", "mean success [95% CI]",
+                            "IQM [95% CI]", "status"], rows, ["l", "l", "r", "r", "r", "l", "l", "l"])
         notes = [n for g in groups for n in g.notes]
         if notes:
             lines += [""] + [f"Note: {n}." for n in notes]
@@ -75,14 +75,14 @@ def _num(x: float) -> str:
 
 
 def summary_csv(sections: dict[str, list[GroupSummary]]) -> str:
-    header = ["benchmark", "aggregator", "runs", "seeds", "finished_runs", "step_min", "step_max", "total_steps",
+    header = ["benchmark", "aggregator", "protocol", "runs", "seeds", "finished_runs", "step_min", "step_max", "total_steps",
               "episodes", "mean_success", "mean_success_ci_low", "mean_success_ci_high", "iqm", "iqm_ci_low",
               "iqm_ci_high", "status", "settings"]
     rows = []
     for bench, groups in sections.items():
         for g in groups:
             totals = sorted({r.total_steps for r in g.runs if r.total_steps})
-            rows.append([bench, g.aggregator, len(g.runs), " ".join(map(str, g.seeds)),
+            rows.append([bench, g.aggregator, g.protocol, len(g.runs), " ".join(map(str, g.seeds)),
                          sum(r.finished for r in g.runs), *g.steps, " ".join(map(str, totals)), g.episodes,
                          _num(g.mean), _num(g.mean_ci[0]), _num(g.mean_ci[1]), _num(g.iqm), _num(g.iqm_ci[0]),
                          _num(g.iqm_ci[1]), g.status, g.settings])
