@@ -30,7 +30,10 @@ class ReplayBuffer:
     Every vector-env step adds exactly one transition per task (environment ``i``
     is task ``i``), so all partitions fill at the same rate and one write
     pointer serves them all. A step's five arrays travel to the device in one
-    copy.
+    copy: on CUDA they are written into one of two pinned (page-locked) host
+    staging rows ``[num_tasks, row_dim]`` and copied asynchronously, so the
+    loop does not wait for the copy; a staging row is reused only after its
+    copy of two steps before has finished (a CUDA event, long done by then).
     """
 
     def __init__(self, num_tasks: int, capacity_per_task: int, obs_dim: int, act_dim: int,
@@ -46,6 +49,12 @@ class ReplayBuffer:
                                    device=self.device)
         self.pos = 0
         self.size = 0
+        self._pinned = self.device.type == "cuda"
+        if self._pinned:
+            self._staging = [torch.empty((num_tasks, self.row_dim), dtype=torch.float32, pin_memory=True)
+                             for _ in range(2)]
+            self._copied: list[torch.cuda.Event | None] = [None, None]
+            self._slot = 0
 
     def add(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
             terminated: np.ndarray) -> None:
@@ -55,13 +64,24 @@ class ReplayBuffer:
         :param rewards: ``[num_tasks]``; :param next_obs: ``[num_tasks, obs_dim]`` (true final
             observation where an episode ended); :param terminated: ``[num_tasks]`` bool.
         """
-        rows = np.concatenate(
-            [obs, actions, np.asarray(rewards)[:, None], next_obs, np.asarray(terminated)[:, None]],
-            axis=1, dtype=np.float32,
-        )
-        if rows.shape != (self.num_tasks, self.row_dim):
-            raise ValueError(f"expected {self.num_tasks} transitions of width {self.row_dim}, got {rows.shape}")
-        self.storage[:, self.pos] = torch.from_numpy(rows).to(self.device, non_blocking=True)
+        parts = [obs, actions, np.asarray(rewards)[:, None], next_obs, np.asarray(terminated)[:, None]]
+        shape = (parts[0].shape[0], sum(p.shape[1] for p in parts))
+        if shape != (self.num_tasks, self.row_dim) or any(p.shape[0] != shape[0] for p in parts):
+            raise ValueError(f"expected {self.num_tasks} transitions of width {self.row_dim}, "
+                             f"got {[tuple(p.shape) for p in parts]}")
+        if not self._pinned:
+            rows = np.concatenate(parts, axis=1, dtype=np.float32)
+            self.storage[:, self.pos] = torch.from_numpy(rows).to(self.device)
+        else:
+            slot, self._slot = self._slot, 1 - self._slot
+            if self._copied[slot] is not None:
+                self._copied[slot].synchronize()  # its copy of two steps ago: finished long since
+            staging = self._staging[slot]
+            np.concatenate(parts, axis=1, out=staging.numpy())
+            self.storage[:, self.pos].copy_(staging, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._copied[slot] = event
         self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 

@@ -41,6 +41,10 @@ def benchmark_task_names(cfg: BenchmarkConfig) -> list[str]:
 def make_envs(cfg: BenchmarkConfig, seed: int) -> gym.vector.VectorEnv:
     """One environment per task, one-hot task ids, same-step autoreset.
 
+    ``async`` runs one worker process per task, the observations passing through
+    shared memory (gymnasium's ``AsyncVectorEnv(shared_memory=True)``, which
+    Meta-World's MT10/MT50 constructors use; checked here).
+
     :param cfg: benchmark config (name, env_name for mt1, vector strategy, episode length).
     :param seed: seeds the benchmark's goal positions, the envs and their action spaces.
     :return: a vector env with ``num_envs == num_tasks``; observations ``[num_tasks, obs_dim]``.
@@ -57,6 +61,9 @@ def make_envs(cfg: BenchmarkConfig, seed: int) -> gym.vector.VectorEnv:
         envs = _make_vector_env(cfg, common)
     if envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.SAME_STEP:
         raise RuntimeError(f"{cfg.name}: expected same-step autoreset, got {envs.metadata.get('autoreset_mode')}")
+    if isinstance(envs, gym.vector.AsyncVectorEnv) and not envs.shared_memory:
+        # The workers write observations into shared memory instead of pickling them through pipes.
+        raise RuntimeError(f"{cfg.name}: expected async envs with shared memory")
     envs.action_space.seed(seed)
     return envs
 
@@ -67,7 +74,8 @@ def _make_vector_env(cfg: BenchmarkConfig, common: dict) -> gym.vector.VectorEnv
         # Meta-World registers MT1 as a single env; vectorise it like MT10/MT50 are.
         make_one = partial(metaworld.make_mt_envs, cfg.env_name, env_id=0, num_tasks=1, **common)
         vector_cls = gym.vector.SyncVectorEnv if cfg.vector_strategy == "sync" else gym.vector.AsyncVectorEnv
-        return vector_cls([make_one], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        options = {"shared_memory": True} if cfg.vector_strategy == "async" else {}
+        return vector_cls([make_one], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, **options)
     return gym.make_vec(_VECTOR_IDS[cfg.name], vector_strategy=cfg.vector_strategy, **common)
 
 

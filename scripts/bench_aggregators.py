@@ -12,7 +12,17 @@ gradient paths, so the speed-up of the one-pass (vmap) path is visible:
 
 Targets: famo <= 1.05x mean; pcgrad and cagrad <= 1.3x mean at k=10, <= 1.6x at k=50.
 
+``--combine`` times one ``combine(G)`` instead, on the critic's ``[k, P]`` gradient
+matrix, for PCGrad and CAGrad before (the host implementations in
+``aggregators/reference.py``: the ``[k, k]`` Gram matrix read back, solved in NumPy)
+and after (solved on the device, nothing read back), interleaved call by call:
+``host ms`` is the time until the call returns (what the Python thread spends),
+``device ms`` the time until its work has finished (they are equal on a CPU). On a
+GPU a combine that reads nothing back returns before its work is done, so the host
+can queue the rest of the update meanwhile.
+
     python scripts/bench_aggregators.py [--tasks 10 50] [--repeats 10] [--threads 1] [--full-graph-tasks 10]
+    python scripts/bench_aggregators.py --combine [--tasks 10 50] [--repeats 30]
 """
 
 from __future__ import annotations
@@ -23,9 +33,12 @@ import time
 
 import torch
 
+from mtrl_famo.aggregators import make_aggregator
 from mtrl_famo.aggregators.per_task_grads import per_task_gradients, per_task_gradients_loop
+from mtrl_famo.aggregators.reference import HostCAGrad, HostPCGrad
 from mtrl_famo.buffer import Batch
 from mtrl_famo.config import AGGREGATOR_SCHEMAS, AgentConfig
+from mtrl_famo.networks import TwinQ
 from mtrl_famo.sac import MTSAC
 
 OBS_DIM, ACT_DIM = 39, 4
@@ -81,6 +94,37 @@ def time_updates(settings: list[tuple[str, str]], k: int, device: torch.device, 
     return [statistics.median(samples) for samples in times]
 
 
+def time_combines(k: int, device: torch.device, repeats: int) -> list[tuple[str, str, float, float]]:
+    """Median (host, device) seconds of one ``combine(G)``, before and after, for PCGrad and CAGrad.
+
+    ``G`` is ``[k, P]`` float32 with ``P`` the default critic's parameter count, random
+    rows with a shared component (so that some pairs conflict and some do not).
+    """
+    num_params = sum(p.numel() for p in TwinQ(OBS_DIM + k, ACT_DIM, AgentConfig().hidden_sizes).parameters())
+    gen = torch.Generator().manual_seed(0)
+    G = (torch.randn(k, num_params, generator=gen) + 0.5 * torch.randn(1, num_params, generator=gen)).to(device)
+    settings = [("pcgrad", "before (host)", HostPCGrad(k)), ("pcgrad", "after (device)", make_aggregator("pcgrad", k)),
+                ("cagrad", "before (host)", HostCAGrad(k)), ("cagrad", "after (device)", make_aggregator("cagrad", k))]
+    for _, _, agg in settings:
+        agg.immediate_checks = False  # as in training: the loop's deferred NaN/inf watch
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    host: list[list[float]] = [[] for _ in settings]
+    total: list[list[float]] = [[] for _ in settings]
+    for round_ in range(repeats + 2):  # two warm-up rounds
+        for (_, _, agg), h, t in zip(settings, host, total):
+            sync()
+            start = time.perf_counter()
+            agg.combine(G)
+            returned = time.perf_counter()
+            sync()
+            done = time.perf_counter()
+            if round_ >= 2:
+                h.append(returned - start)
+                t.append(done - start)
+    return [(name, impl, statistics.median(h), statistics.median(t))
+            for (name, impl, _), h, t in zip(settings, host, total)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, nargs="+", default=[10, 50])
@@ -90,9 +134,24 @@ def main() -> None:
     parser.add_argument("--full-graph-tasks", type=int, nargs="*", default=[10],
                         help="k values at which to time the full-graph path too (it costs k backward passes "
                              "of the whole batch: about 100 s per update at k=50 on one CPU core)")
+    parser.add_argument("--combine", action="store_true",
+                        help="time one combine(G) of PCGrad and CAGrad, host solvers (before) vs device (after)")
+    parser.add_argument("--device", nargs="+", default=None, help="default: cpu, and cuda when present")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = ([torch.device(d) for d in args.device] if args.device else
+               [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else []))
+    if args.combine:
+        print(f"torch {torch.__version__}, {args.threads} CPU thread(s), G = [k, critic parameters] float32, "
+              f"median of {args.repeats} calls, settings interleaved\n")
+        print("| device | k | aggregator | solver | host ms/combine | device ms/combine |")
+        print("|---|---:|---|---|---:|---:|")
+        for device in devices:
+            for k in args.tasks:
+                for name, impl, host_s, total_s in time_combines(k, device, args.repeats):
+                    print(f"| {device.type} | {k} | {name} | {impl} | {host_s * 1e3:.2f} | {total_s * 1e3:.2f} |",
+                          flush=True)
+        return
     print(f"torch {torch.__version__}, {args.threads} CPU thread(s), 3x400 networks, "
           f"{args.per_task_batch} rows per task, median of {args.repeats} updates, settings interleaved\n")
     print("| device | k | aggregator | per-task grads | ms/update | x mean |")

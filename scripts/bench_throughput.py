@@ -2,11 +2,13 @@
 
 For MT10 and MT50, per aggregator, on CPU and on CUDA when present, with the default
 networks (3x400) and batch (128 rows per task). Prints where the time goes (choosing
-actions, gradient updates, waiting for the envs) and the projected wall time of a full
-run (2M steps per task = 2M vector steps, one update each).
+actions, gradient updates, waiting for the envs), the share of a vector step spent
+waiting for the envs (``env wait``: with ``async`` envs they step while the update
+runs, so this is the part of the envs' time the update did not hide), and the
+projected wall time of a full run (2M steps per task = 2M vector steps, one update each).
 
     python scripts/bench_throughput.py [--benchmarks mt10 mt50] [--aggregators mean famo pcgrad cagrad]
-                                       [--steps 30] [--strategy sync|async] [--device cpu cuda] [--compile MODE ...]
+                                       [--steps 30] [--strategy sync async] [--device cpu cuda] [--compile MODE ...]
 
 ``--compile task_gradients all`` also measures each setting with those ``train.compile``
 modes, side by side with eager; each compiled run follows a short warm-up run, so
@@ -61,28 +63,31 @@ def main() -> None:
     parser.add_argument("--benchmarks", nargs="+", default=["mt10", "mt50"])
     parser.add_argument("--aggregators", nargs="+", default=["mean", "famo", "pcgrad", "cagrad"])
     parser.add_argument("--steps", type=int, default=30, help="learning vector steps measured per setting")
-    parser.add_argument("--strategy", default="sync", choices=["sync", "async"])
+    parser.add_argument("--strategy", nargs="+", default=["sync"], choices=["sync", "async"],
+                        help="vector env strategies, measured side by side")
     parser.add_argument("--device", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     parser.add_argument("--compile", nargs="*", default=[], choices=["task_gradients", "all"],
                         help="also measure with these train.compile modes")
     parser.add_argument("overrides", nargs="*", help="extra mtrl-famo overrides, e.g. train.torch_threads=2")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}; {args.strategy} envs; 3x400 networks, 128 rows per task; "
+    print(f"torch {torch.__version__}; 3x400 networks, 128 rows per task; "
           f"{args.steps} learning vector steps per row (after 5 random warm-up steps); "
           f"ms per vector step\n")
-    print("| device | benchmark | aggregator | compile | vector steps/s | act ms | update ms | env ms "
-          "| full run (2M/task) |")
-    print("|---|---|---|---|---:|---:|---:|---:|---:|")
+    print("| device | benchmark | aggregator | envs | compile | vector steps/s | act ms | update ms | env ms "
+          "| env wait | full run (2M/task) |")
+    print("|---|---|---|---|---|---:|---:|---:|---:|---:|---:|")
     for device in args.device:
         for benchmark in args.benchmarks:
             for aggregator in args.aggregators:
-                for mode in ["none", *args.compile]:
-                    extra = [*args.overrides, f"train.compile={mode}"]
-                    r = measure(benchmark, aggregator, device, args.strategy, args.steps, extra)
-                    hours = FULL_RUN_VECTOR_STEPS / r["steps_per_s"] / 3600
-                    print(f"| {device} | {benchmark} | {aggregator} | {mode} | "
-                          f"{r['steps_per_s']:.1f} | {r['act']:.1f} | {r['update']:.1f} | {r['env']:.1f} | "
-                          f"{hours:,.0f} h |", flush=True)
+                for strategy in args.strategy:
+                    for mode in ["none", *args.compile]:
+                        extra = [*args.overrides, f"train.compile={mode}"]
+                        r = measure(benchmark, aggregator, device, strategy, args.steps, extra)
+                        hours = FULL_RUN_VECTOR_STEPS / r["steps_per_s"] / 3600
+                        wait = r["env"] / (r["act"] + r["update"] + r["env"])
+                        print(f"| {device} | {benchmark} | {aggregator} | {strategy} | {mode} | "
+                              f"{r['steps_per_s']:.1f} | {r['act']:.1f} | {r['update']:.1f} | {r['env']:.1f} | "
+                              f"{wait:.0%} | {hours:,.1f} h |", flush=True)
 
 
 if __name__ == "__main__":

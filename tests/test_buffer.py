@@ -78,3 +78,22 @@ def test_real_episode_end_stores_final_observation_and_bootstraps_truncation():
         assert torch.all(last[:, -1] == 0.0)  # truncation is not termination
     finally:
         envs.close()
+
+
+def test_wrong_width_is_a_clear_error():
+    buffer = ReplayBuffer(3, 5, obs_dim=4, act_dim=2)
+    obs, actions, rewards, next_obs, terminated = _rows(3, 4, 2, 0)
+    with pytest.raises(ValueError, match=r"expected 3 transitions of width 12"):
+        buffer.add(obs, actions[:, :1], rewards, next_obs, terminated)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_buffer_stages_through_pinned_memory_and_stores_the_same_rows():
+    """Many more steps than staging rows: a reused staging row never corrupts a copy in flight."""
+    cpu, cuda = ReplayBuffer(3, 50, 4, 2), ReplayBuffer(3, 50, 4, 2, device="cuda")
+    assert all(s.is_pinned() for s in cuda._staging)
+    for step in range(40):
+        rows = _rows(3, 4, 2, step)
+        cpu.add(*rows)
+        cuda.add(*rows)
+    torch.testing.assert_close(cuda.storage.cpu(), cpu.storage, rtol=0, atol=0)

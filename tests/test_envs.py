@@ -66,3 +66,13 @@ def test_time_limit_gives_truncation_and_true_final_observation():
 def test_unknown_env_name_lists_allowed_names():
     with pytest.raises(ConfigError, match=r"'reach-v9'.*allowed: .*reach-v3"):
         check_env_name("reach-v9")
+
+
+def test_async_envs_pass_observations_through_shared_memory():
+    import gymnasium as gym
+
+    envs = make_envs(BenchmarkConfig(name="mt1", env_name="reach-v3", vector_strategy="async"), seed=0)
+    try:
+        assert isinstance(envs, gym.vector.AsyncVectorEnv) and envs.shared_memory
+    finally:
+        envs.close()

@@ -118,14 +118,18 @@ def _update_scalar_reads(aggregator: str, immediate_checks: bool) -> int:
     return reads.count
 
 
-@pytest.mark.parametrize("aggregator", ["mean", "famo"])
+ALL_AGGREGATORS = ["mean", "famo", "pcgrad", "cagrad"]
+
+
+@pytest.mark.parametrize("aggregator", ALL_AGGREGATORS)
 def test_update_reads_nothing_back_from_the_device(aggregator):
+    """PCGrad's projections and CAGrad's solver run on the device too (issue 13)."""
     assert _update_scalar_reads(aggregator, immediate_checks=False) == 0
     assert _update_scalar_reads(aggregator, immediate_checks=True) > 0  # the counter does see the checks
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("aggregator", ["mean", "famo"])
+@pytest.mark.parametrize("aggregator", ALL_AGGREGATORS)
 def test_cuda_update_makes_no_host_sync(aggregator):
     """On a GPU, torch itself raises on any synchronizing call inside the updates."""
     agent = MTSAC(12, 4, 3, AgentConfig(hidden_sizes=[16, 16]), AGGREGATOR_SCHEMAS[aggregator](apply_to=["critic"]),

@@ -125,18 +125,21 @@ class Aggregator:
             )
 
 
-def gram_matrix(G: Tensor) -> Tensor:
-    """``G G^T`` as float64 on the CPU, checked for NaN/inf.
+def gram_matrix(G: Tensor, check: bool = True) -> Tensor:
+    """``G G^T`` as float64 on ``G``'s device, checked for NaN/inf when ``check``.
 
     Computed in ``G``'s own dtype (a float64 copy of a ``[k, P]`` float32 matrix would
     cost more than the product), then cast: the ``[k, k]`` result is what the
-    aggregators' small solvers work on. A row of ``G`` with NaN or inf makes its
-    diagonal entry non-finite, so checking the diagonal checks all of ``G``.
+    aggregators' small solvers work on, on the device, without reading anything back
+    to the host. A row of ``G`` with NaN or inf makes its diagonal entry non-finite,
+    so checking the diagonal checks all of ``G`` (the check is the one host sync;
+    ``check=False`` skips it, for callers whose ``immediate_checks`` is off).
 
     :param G: ``[num_tasks, num_params]``. :returns: ``[num_tasks, num_tasks]`` float64.
     """
-    gram = (G @ G.T).to("cpu", torch.float64)  # one device sync
-    check_finite(gram.diagonal(), "G")
+    gram = (G @ G.T).to(torch.float64)
+    if check:
+        check_finite(gram.diagonal(), "G")
     return gram
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,40 +24,44 @@ class CAGrad(Aggregator):
 
     Implementation notes: the inner problem is solved on the
     ``[num_tasks, num_tasks]`` Gram matrix ``G G^T`` in float64 (cost independent
-    of ``num_params`` after one matmul) by accelerated projected gradient with
-    exact Euclidean projection onto the simplex, Lipschitz backtracking and
-    adaptive restart, until the Frank-Wolfe duality gap or the step falls below
-    ``1e-12`` (relative to the mean squared gradient norm) or 10000 iterations;
-    the paper's code takes 20 SGD steps on softmax logits instead.
-    Deviation: where ``|g_w*|`` is zero up to solver accuracy (some convex
-    combination of task gradients cancels out, a Pareto-stationary point), the
-    formula has no defined direction and ``g0 / (1 + c^2)`` is returned. ``c = 0``
-    returns exactly ``G.mean(0)``; ``G = 0`` or ``g0 = 0`` give zeros.
+    of ``num_params`` after one matmul), on ``G``'s device, with a fixed number of
+    iterations and nothing read back to the host (:func:`solve_cagrad_weights`: a
+    primal-dual interior-point method, ``iterations`` Mehrotra steps, default 20);
+    the paper's code takes 20 SGD steps on softmax logits instead, an inexact
+    solve. Deviation: where ``|g_w*|`` is zero up to solver accuracy (``<= 1e-4``
+    relative to the root mean squared gradient norm: some convex combination of
+    task gradients cancels out, a Pareto-stationary point), the formula has no
+    defined direction and ``g0 / (1 + c^2)`` is returned. ``c = 0`` returns
+    exactly ``G.mean(0)``; ``G = 0`` or ``g0 = 0`` give zeros.
 
     :param num_tasks: number of tasks ``k``.
     :param c: radius of the trust region around ``g0``, relative to ``|g0|`` (``>= 0``).
     """
 
     uses_task_gradients = True
+    #: fixed number of interior-point iterations of every solve.
+    iterations: int = 20
 
     def __init__(self, num_tasks: int, c: float = 0.5) -> None:
         super().__init__(num_tasks)
         self.c = check_float("c", c, min_value=0.0)
         self._weights: Tensor | None = None
-        #: information on the last inner solve: iterations, gap, |g_w*| (relative).
-        self.solver_info: dict[str, float] = {}
+        #: tensors (on G's device, not read back) describing the last solve: ``gap``, the
+        #: Frank-Wolfe duality gap of ``w*`` and ``gw_norm``, ``|g_w*|``, both relative
+        #: to the mean squared / root mean squared gradient norm.
+        self.solver_info: dict[str, Tensor] = {}
 
     def combine(self, G: Tensor) -> Tensor:
         """:param G: ``[num_tasks, num_params]``. :returns: ``[num_params]`` direction."""
         G = self._check_matrix(G, check_values=False)
-        gram = gram_matrix(G).numpy()  # [k, k] float64, one device sync
-        w, coef = cagrad_weights(gram, self.c, info=self.solver_info)
-        self._weights = torch.from_numpy(w)
+        gram = gram_matrix(G, check=self.immediate_checks)  # [k, k] float64, on G's device
+        w, coef = solve_cagrad_weights(gram, self.c, self.iterations, info=self.solver_info)
+        self._weights = w
         if self.c == 0.0:
             return G.mean(dim=0)
         # d = (g0 + coef * g_w) / (1 + c^2) = alpha @ G
         alpha = (1.0 / self.num_tasks + coef * w) / (1.0 + self.c**2)
-        return torch.from_numpy(alpha).to(G.device, G.dtype) @ G
+        return alpha.to(G.dtype) @ G
 
     @property
     def task_weights(self) -> Tensor | None:
@@ -75,99 +77,121 @@ class CAGrad(Aggregator):
         w = state["weights"]
         if w is not None and tuple(w.shape) != (self.num_tasks,):
             raise ValueError(f"expected weights of shape [num_tasks={self.num_tasks}], got {tuple(w.shape)}")
-        self._weights = None if w is None else w.detach().to("cpu", torch.float64).clone()
+        self._weights = None if w is None else w.detach().to(torch.float64).clone()
 
     def __repr__(self) -> str:
         return f"CAGrad(c={self.c:g})"
 
 
-def cagrad_weights(
-    gram: np.ndarray, c: float, tol: float = 1e-12, max_iter: int = 10_000, info: dict | None = None
-) -> tuple[np.ndarray, float]:
-    """Solve CAGrad's inner problem on the Gram matrix.
+#: below this |g_w*| (relative to the root mean squared gradient norm) g_w* counts as zero.
+#: The host reference used 1e-6; where the optimum is such a kink inside the simplex (a
+#: low-rank G with c >= 1), 20 interior-point steps get |g_w| only to about 1e-5.
+ZERO_GW = 1e-4
+#: the complementarity (and smoothing) the interior-point method stops lowering at.
+_MU_FLOOR = 1e-13
+#: step lengths tried along each Newton direction, as fractions of the longest feasible one.
+_STEPS = tuple(0.25**j for j in range(12)) + (0.0,)
+
+
+def solve_cagrad_weights(gram: Tensor, c: float, iterations: int = 20,
+                         info: dict | None = None) -> tuple[Tensor, Tensor]:
+    """Solve CAGrad's inner problem on the Gram matrix, on its device, in ``iterations`` steps.
+
+    With ``A`` the Gram matrix scaled to unit mean diagonal, ``b = A 1 / k`` and
+    ``rho = c |g0|``, minimise ``f(w) = b . w + rho sqrt(w^T A w)`` over the simplex.
+    A primal-dual interior-point method (Mehrotra predictor-corrector) on the
+    complementarity ``w_i z_i = mu`` of ``w >= 0``, with the norm smoothed as
+    ``sqrt(s^2 + rho^2 w^T A w) - s log(s + ...)`` (the second-order-cone
+    barrier with its epigraph variable minimised out, ``s = mu``), so that
+    ``|g_w| -> 0`` (a kink of ``f``) stays tractable. Each step: one Cholesky
+    of the ``[k, k]`` Newton matrix (scaled by ``sqrt(w / z)``, the simplex's
+    sum constraint projected out), two solves, and a choice among a fixed set
+    of step lengths of the one that lowers the barrier merit most (length 0
+    included, so a bad direction is never taken). ``mu`` stops at ``1e-13``.
+    Everything is tensor arithmetic on ``gram``'s device; nothing is read
+    back, there is no data-dependent branch, and the work is the same for every
+    input: fit for CUDA graphs. Affine invariance makes the iteration count
+    independent of the scale of the gradients; 20 steps reach a duality gap
+    below ``1e-9`` on the test matrices (k up to 50, parallel, opposite,
+    duplicate and zero rows, low rank, norms spread over four decades).
 
     :param gram: ``[num_tasks, num_tasks]`` float64, ``G G^T``.
     :param c: CAGrad's ``c >= 0``.
-    :param tol: stopping tolerance on the duality gap and on the step, relative
-        to the mean squared gradient norm.
-    :param info: if given, filled with ``iterations``, ``gap`` and ``gw_norm``
-        (``|g_w*|`` relative to the root mean squared gradient norm).
-    :returns: ``(w*, coef)``: ``w*`` ``[num_tasks]`` on the simplex, and
-        ``coef = c |g0| / |g_w*|`` (0 where undefined), so that the CAGrad
-        direction is ``(g0 + coef * G^T w*) / (1 + c^2)``.
+    :param iterations: interior-point steps.
+    :param info: if given, filled with ``gap`` and ``gw_norm`` (0-dim tensors on the device).
+    :returns: ``(w*, coef)``: ``w*`` ``[num_tasks]`` on the simplex and the 0-dim
+        ``coef = c |g0| / |g_w*|`` (0 where ``|g_w*| <= 1e-4``, relatively), so that
+        the CAGrad direction is ``(g0 + coef * G^T w*) / (1 + c^2)``.
     """
     k = gram.shape[0]
-    info = {} if info is None else info
-    info.update(iterations=0, gap=0.0, gw_norm=0.0)
-    scale = float(np.trace(gram)) / k
-    uniform = np.full(k, 1.0 / k)
-    if scale <= 0.0:  # G == 0
-        return uniform, 0.0
-    A = gram / scale  # rows of G now have mean squared norm 1
-    b = A.mean(axis=1)  # b_i = g_i . g0
-    g0_norm = math.sqrt(max(float(b.mean()), 0.0))
-    if g0_norm == 0.0:  # the gradients cancel on average: any w, direction 0
-        return uniform, 0.0
-    rho = c * g0_norm
-    if rho == 0.0:  # c == 0: the objective is linear, minimised at a vertex
-        w = np.zeros(k)
-        w[int(np.argmin(b))] = 1.0
-    else:
-        w = _solve_simplex(A, b, rho, tol, max_iter, info)
-    gw_norm = math.sqrt(max(float(w @ A @ w), 0.0))
-    info["gw_norm"] = gw_norm
-    if rho == 0.0 or gw_norm <= 1e-6:  # no defined direction for g_w* = 0: use g0
-        return w, 0.0
-    return w, rho / gw_norm
+    dtype, device = torch.float64, gram.device
+    gram = gram.to(dtype)
+    scale = (gram.diagonal().sum() / k).clamp_min(torch.finfo(dtype).tiny)
+    A = gram / scale  # rows of G now have mean squared norm 1 (0 where G == 0)
+    b = A.mean(dim=1)  # b_i = g_i . g0
+    rho = c * b.mean().clamp_min(0.0).sqrt()
+    if c == 0.0:  # the objective is linear, minimised at a vertex; the direction is g0
+        w = torch.zeros(k, dtype=dtype, device=device).scatter_(0, b.argmin().view(1), 1.0)
+        if info is not None:
+            info.update(gap=torch.zeros((), dtype=dtype, device=device), gw_norm=(w @ A @ w).clamp_min(0.0).sqrt())
+        return w, torch.zeros((), dtype=dtype, device=device)
+    eye = torch.eye(k, dtype=dtype, device=device)
+    steps = torch.tensor(_STEPS, dtype=dtype, device=device)
+    w = torch.full((k,), 1.0 / k, dtype=dtype, device=device)
+    z = torch.ones(k, dtype=dtype, device=device)
 
+    def longest_step(x: Tensor, dx: Tensor) -> Tensor:
+        """The step along ``dx`` that keeps ``x > 0`` (0.99 of the way to the boundary), at most 1."""
+        return (0.99 / (-dx / x).amax().clamp_min(1e-300)).clamp_max(1.0)
 
-def _solve_simplex(A: np.ndarray, b: np.ndarray, rho: float, tol: float, max_iter: int, info: dict) -> np.ndarray:
-    """Minimise ``f(w) = b . w + rho sqrt(w^T A w)`` over the simplex (convex).
-
-    Accelerated projected gradient (FISTA) with a gradient-based Lipschitz
-    backtracking (robust when ``f`` changes below rounding error), the
-    gradient-based adaptive restart of O'Donoghue & Candes, and stopping on the
-    Frank-Wolfe gap ``g . w - min_i g_i >= f(w) - f(w*)`` or on the step size.
-    """
-
-    def grad(w: np.ndarray) -> np.ndarray:
+    for _ in range(iterations):
+        w_prev, z_prev = w, z
+        mu = (w @ z) / k
+        s = mu.clamp_min(_MU_FLOOR)  # smoothing of the norm
         Aw = A @ w
-        s = math.sqrt(max(float(w @ Aw), 0.0))
-        return b + (rho / s) * Aw if s > 1e-150 else b.copy()  # 0 is a subgradient of |.| at 0
+        sigma = (s * s + rho * rho * (w @ Aw).clamp_min(0.0)).sqrt()
+        grad = b + (rho * rho / (s + sigma)) * Aw  # of the smoothed f
+        hess = (rho * rho / (s + sigma)) * A - (rho**4 / (sigma * (s + sigma) ** 2)) * torch.outer(Aw, Aw)
 
-    w = np.full(b.size, 1.0 / b.size)
-    y, g_y = w, grad(w)
-    t, L = 1.0, 1.0
-    gap = math.inf
-    for it in range(1, max_iter + 1):
-        while True:
-            w_new = project_simplex(y - g_y / L)
-            step = w_new - y
-            g_new = grad(w_new)
-            if np.linalg.norm(g_new - g_y) <= L * np.linalg.norm(step) * (1.0 + 1e-12):
-                break
-            L *= 2.0
-        gap = float(g_new @ w_new - g_new.min())
-        change = float(np.abs(w_new - w).max())
-        if (y - w_new) @ (w_new - w) > 0.0:  # momentum points uphill: restart
-            t, y = 1.0, w_new
-        else:
-            t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
-            y = w_new + ((t - 1.0) / t_new) * (w_new - w)
-            t = t_new
-        w = w_new
-        if gap <= tol or change <= tol:
-            break
-        g_y = grad(y)
-        L *= 0.9  # let the step grow again where the function is flatter
-    info.update(iterations=it, gap=gap)
-    return w
+        # Newton matrix in the variables y = dw / sqrt(w / z), the direction n of the sum
+        # constraint (dw . 1 = 0 <=> y . n = 0) projected out and given unit curvature.
+        scaling = (w / z).sqrt()
+        n = scaling / scaling.norm()
+        M = scaling[:, None] * hess * scaling[None, :] + eye
+        Mn = M @ n
+        M = M - torch.outer(n, Mn) - torch.outer(Mn, n) + torch.outer((n @ Mn + 1.0) * n, n)
+        L, failed = torch.linalg.cholesky_ex(M)
 
+        def direction(rhs: Tensor) -> Tensor:
+            r = scaling * rhs
+            y = torch.cholesky_solve((r - n * (n @ r))[:, None], L)[:, 0]
+            dw = scaling * (y - n * (n @ y))
+            return torch.where((failed == 0) & torch.isfinite(dw).all(), dw, 0.0)
 
-def project_simplex(v: np.ndarray) -> np.ndarray:
-    """Exact Euclidean projection of ``v`` ``[n]`` onto ``{w >= 0, sum(w) = 1}``."""
-    u = np.sort(v)[::-1]
-    css = np.cumsum(u) - 1.0
-    ranks = np.arange(1, v.size + 1)
-    r = np.nonzero(u - css / ranks > 0)[0][-1]
-    return np.maximum(v - css[r] / (r + 1), 0.0)
+        dw_aff = direction(-grad)  # predictor: mu -> 0
+        dz_aff = -z - z / w * dw_aff
+        mu_aff = ((w + longest_step(w, dw_aff) * dw_aff) @ (z + longest_step(z, dz_aff) * dz_aff)) / k
+        target = ((mu_aff / mu).clamp(0.0, 1.0) ** 3 * mu).clamp_min(_MU_FLOOR)
+        tau = target - dw_aff * dz_aff  # corrector: Mehrotra's second-order term
+        dw = direction(-grad + tau / w)
+        dz = (tau - w * z - z * dw) / w
+
+        # The step length along dw that lowers the barrier merit most (0 included).
+        cand = w + (longest_step(w, dw) * steps)[:, None] * dw  # [len(_STEPS), k]
+        sig_c = (s * s + rho * rho * ((cand @ A) * cand).sum(-1).clamp_min(0.0)).sqrt()
+        merit = cand @ b + sig_c - s * torch.log(s + sig_c) - target * torch.log(cand).sum(-1)
+        merit = torch.where(torch.isfinite(merit), merit, torch.inf)
+        w = torch.index_select(cand, 0, merit.argmin().view(1))[0]
+        w = w / w.sum()
+        z = z + longest_step(z, dz) * dz
+        ok = torch.isfinite(w).all() & torch.isfinite(z).all() & (w > 0).all() & (z > 0).all()
+        w, z = torch.where(ok, w, w_prev), torch.where(ok, z, z_prev)
+
+    Aw = A @ w
+    gw_norm = (w @ Aw).clamp_min(0.0).sqrt()
+    defined = gw_norm > ZERO_GW
+    coef = torch.where(defined, rho / gw_norm.clamp_min(ZERO_GW), 0.0)
+    if info is not None:
+        g = b + torch.where(defined, rho / gw_norm.clamp_min(ZERO_GW), 0.0) * Aw  # gradient of f at w
+        info.update(gap=g @ w - g.min(), gw_norm=gw_norm)
+    return w, coef
