@@ -2,7 +2,8 @@
 
 Side by side in one run, at k=10 and k=50 tasks with the default networks (3x400) and
 batch (128 rows per task), on CPU and on CUDA when present. Each aggregator is printed
-with its ratio to ``mean``; PCGrad and CAGrad are also timed with the k-pass per-task
+with its ratio to ``mean`` (shared network); rows with ``agent.multi_head=true`` (one output
+layer per task, Meta-World+ MTMHSAC) follow for every aggregator; PCGrad and CAGrad are also timed with the k-pass per-task
 gradient paths, so the speed-up of the one-pass (vmap) path is visible:
 
 - ``vmap``: one batched backward (the default);
@@ -44,15 +45,15 @@ from mtrl_famo.sac import MTSAC
 OBS_DIM, ACT_DIM = 39, 4
 
 
-def per_task_gradients_full_graph(module, loss_fn, task_args, params=None, *, return_losses=False):
+def per_task_gradients_full_graph(module, loss_fn, task_args, params=None, *, return_losses=False, has_aux=False):
     """The published pattern: one forward of the whole batch, then k ``autograd.grad`` calls."""
     named = {n: p for n, p in module.named_parameters() if p.requires_grad}
-    losses = loss_fn(named, *task_args)  # [k]
+    losses, aux = loss_fn(named, *task_args) if has_aux else (loss_fn(named, *task_args), None)  # [k]
     rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(losses[i], list(named.values()),
                                                                   retain_graph=True)])
             for i in range(losses.shape[0])]
     G = torch.stack(rows)
-    return (G, None, losses.detach()) if return_losses else (G, None)
+    return (G, None) + ((losses.detach(),) if return_losses else ()) + ((aux,) if has_aux else ())
 
 
 PATHS = {"vmap": per_task_gradients, "loop": per_task_gradients_loop, "full-graph": per_task_gradients_full_graph}
@@ -67,19 +68,19 @@ def random_batch(k: int, per_task: int, device: torch.device) -> Batch:
                  torch.rand(k, per_task, device=device), next_obs, torch.zeros(k, per_task, device=device))
 
 
-def time_updates(settings: list[tuple[str, str]], k: int, device: torch.device, repeats: int,
+def time_updates(settings: list[tuple[str, str, bool]], k: int, device: torch.device, repeats: int,
                  per_task: int) -> list[float]:
-    """Median seconds of one ``MTSAC.update`` for each (aggregator, path).
+    """Median seconds of one ``MTSAC.update`` for each (aggregator, path, multi_head).
 
     The settings take turns, one update each per round, so that a change in machine
     load over the run affects them all alike and the ratios stay side by side.
     """
     batch = random_batch(k, per_task, device)
     agents = []
-    for aggregator, path in settings:
+    for aggregator, path, multi_head in settings:
         torch.manual_seed(0)
-        agents.append(MTSAC(OBS_DIM + k, ACT_DIM, k, AgentConfig(), AGGREGATOR_SCHEMAS[aggregator](), device,
-                            task_gradients=PATHS[path]))
+        agents.append(MTSAC(OBS_DIM + k, ACT_DIM, k, AgentConfig(multi_head=multi_head), AGGREGATOR_SCHEMAS[aggregator](),
+                            device, task_gradients=PATHS[path]))
     times: list[list[float]] = [[] for _ in settings]
     for round_ in range(repeats + 2):  # two warm-up rounds
         for agent, samples in zip(agents, times):
@@ -137,6 +138,8 @@ def main() -> None:
     parser.add_argument("--combine", action="store_true",
                         help="time one combine(G) of PCGrad and CAGrad, host solvers (before) vs device (after)")
     parser.add_argument("--device", nargs="+", default=None, help="default: cpu, and cuda when present")
+    parser.add_argument("--no-multi-head", action="store_true",
+                        help="skip the rows with multi-head networks (agent.multi_head=true, Meta-World+ MTMHSAC)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     devices = ([torch.device(d) for d in args.device] if args.device else
@@ -154,17 +157,21 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, {args.threads} CPU thread(s), 3x400 networks, "
           f"{args.per_task_batch} rows per task, median of {args.repeats} updates, settings interleaved\n")
-    print("| device | k | aggregator | per-task grads | ms/update | x mean |")
-    print("|---|---:|---|---|---:|---:|")
+    print("| device | k | network | aggregator | per-task grads | ms/update | x mean (shared) |")
+    print("|---|---:|---|---|---|---:|---:|")
     for device in devices:
         for k in args.tasks:
-            runs = [("mean", "vmap"), ("famo", "vmap"), ("pcgrad", "vmap"), ("cagrad", "vmap")]
+            aggregators = ("mean", "famo", "pcgrad", "cagrad")
+            runs = [(agg, "vmap", False) for agg in aggregators]
             naive = ["loop"] + (["full-graph"] if k in args.full_graph_tasks else [])
-            runs += [(agg, path) for agg in ("pcgrad", "cagrad") for path in naive]
+            runs += [(agg, path, False) for agg in ("pcgrad", "cagrad") for path in naive]
+            if not args.no_multi_head:  # Meta-World+ MTMHSAC: one output layer per task (agent.multi_head)
+                runs += [(agg, "vmap", True) for agg in aggregators]
             seconds = time_updates(runs, k, device, args.repeats, args.per_task_batch)
-            for (aggregator, path), sec in zip(runs, seconds):
+            for (aggregator, path, multi_head), sec in zip(runs, seconds):
                 shown_path = path if aggregator in ("pcgrad", "cagrad") else "-"
-                print(f"| {device.type} | {k} | {aggregator} | {shown_path} | {sec * 1e3:.1f} | "
+                network = "multi-head" if multi_head else "shared"
+                print(f"| {device.type} | {k} | {network} | {aggregator} | {shown_path} | {sec * 1e3:.1f} | "
                       f"{sec / seconds[0]:.2f} |", flush=True)
 
 if __name__ == "__main__":
