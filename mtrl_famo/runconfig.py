@@ -76,6 +76,13 @@ def _compose(overrides: Sequence[str]):
         return compose("config", overrides=list(overrides))
 
 
+def compose_node(overrides: Sequence[str]):
+    """The composed config tree (a DictConfig) of ``overrides``, its interpolations still live
+    (a population derives its members from it: the PCGrad seed follows ``${seed}``).
+    Call :func:`compose_config` first: it reports bad input."""
+    return _compose(overrides)
+
+
 def compose_config(overrides: Sequence[str]) -> Config:
     """Compose, type-check and validate a config from Hydra-style overrides.
 
