@@ -90,7 +90,7 @@ def measure(benchmark: str, aggregator: str, device: str, strategy: str, steps: 
 def compare_population(args) -> None:
     """``--population N``: a population of N seeds against N single runs, side by side."""
     n = args.population
-    print(f"torch {torch.__version__}; {torch.get_num_threads()} torch threads; {args.strategy} envs; "
+    print(f"torch {torch.__version__}; {args.strategy} envs; "
           f"{args.steps} learning vector steps per run (after {WARMUP} random warm-up steps); a population of {n} "
           f"seeds in one process vs {n} single runs one after another (seeds 0..{n - 1}); ms per vector step of "
           f"ALL {n} members; member steps/s = {n} x vector steps/s\n")
