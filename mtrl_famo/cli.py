@@ -29,6 +29,7 @@ examples:
   mtrl-famo train
   mtrl-famo train benchmark=mt50 aggregator=famo seed=3 device=cpu train.total_steps=20000 run_dir=runs/x
   mtrl-famo train benchmark=mt1 benchmark.env_name=reach-v3
+  mtrl-famo train seeds=[0,1,2] run_dir=runs/pop    (a population: runs/pop/s0, s1, s2 in one process)
   mtrl-famo eval run_dir=runs/x eval.episodes=50
   mtrl-famo train --multirun hydra/launcher=local hydra.sweep.dir=sweeps/s aggregator=mean,famo seed=0,1
   mtrl-famo report runs/ --out report/
@@ -53,7 +54,14 @@ def train_command(overrides: list[str]) -> int:
         from mtrl_famo.sweep import run_sweep
 
         return run_sweep(overrides)
-    cfg, resume = runconfig.train_config(overrides)
+    composed = runconfig.compose_config(overrides, check=False)
+    if composed.seeds is not None:  # a population: one member per seed, in one process
+        from mtrl_famo.population import run_population
+
+        runconfig.check_machine(runconfig.validate_run(composed))
+        run_population(overrides, runconfig.compose_node(overrides))
+        return 0
+    cfg, resume = runconfig.train_config(overrides, composed=composed)
     runconfig.check_machine(cfg)
     finished = runconfig.finished_results(cfg)
     if finished is not None:

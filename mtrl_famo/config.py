@@ -187,6 +187,8 @@ class Config:
     video: VideoConfig = field(default_factory=VideoConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     seed: int = doc(0, "seed of environments, networks and replay sampling")
+    seeds: Optional[List[int]] = doc(None, "a population: one member per seed, all trained in one process, each in "
+                                           "run_dir/s<seed> (e.g. seeds=[0,1,2]); null = one run with `seed`")
     device: str = doc("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     run_dir: Optional[str] = doc(None, "output folder; an existing run there is resumed. Default runs/<benchmark>-<aggregator>-s<seed>")
 
@@ -324,6 +326,11 @@ def validate(cfg: Config) -> Config:
 
     _check_steps(cfg.seed, "seed", allow_zero=True)
     _require(cfg.seed <= MAX_SEED, f"seed={cfg.seed} must be an integer in [0, {MAX_SEED}]")
+    if cfg.seeds is not None:
+        seeds = list(cfg.seeds)
+        _require(len(seeds) > 0 and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+                 and max(seeds) <= MAX_SEED and len(set(seeds)) == len(seeds),
+                 f"seeds={seeds} must be a non-empty list of distinct integers in [0, {MAX_SEED}], e.g. seeds=[0,1,2]")
     _require(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
              f"device={cfg.device!r}; allowed: auto, cpu, cuda, cuda:N")
     return cfg

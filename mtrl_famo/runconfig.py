@@ -80,6 +80,13 @@ def _compose(overrides: Sequence[str]):
         return compose("config", overrides=list(overrides))
 
 
+def compose_node(overrides: Sequence[str]):
+    """The composed config tree (a DictConfig) of ``overrides``, its interpolations still live
+    (a population derives its members from it: the PCGrad seed follows ``${seed}``).
+    Call :func:`compose_config` first: it reports bad input."""
+    return _compose(overrides)
+
+
 def validate_run(cfg: Config) -> Config:
     """Every check of a run's config before any work starts; returns ``cfg``.
 

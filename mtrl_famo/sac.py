@@ -60,12 +60,41 @@ def actor_loss_fn(actor: Actor, critic: TwinQ) -> TaskLoss:
     """
 
     def loss(params: dict, obs: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor):
-        mean, log_std = functional_call(actor, params, (obs,))
-        action, log_prob = squashed_sample(mean, log_std, noise)
-        q1, q2 = critic(obs, action)
-        return (alpha * log_prob - torch.min(q1, q2)).mean(-1), log_prob.detach()
+        return actor_loss(actor, critic, params, None, obs, noise, alpha)
 
     return loss
+
+
+def actor_loss(actor: Actor, critic: TwinQ, params: dict, critic_params: dict | None, obs: torch.Tensor,
+               noise: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pure actor loss of :func:`actor_loss_fn`, with the critic's parameters passed in.
+
+    :param critic_params: ``{name: tensor}`` for ``critic`` (constants), or None for the
+        critic module's own parameters. A population passes each member's critic here.
+    :return: loss ``[...]`` (mean over the last batch dim) and detached log-probs ``[..., b]``.
+    """
+    mean, log_std = functional_call(actor, params, (obs,))
+    action, log_prob = squashed_sample(mean, log_std, noise)
+    q1, q2 = critic(obs, action) if critic_params is None else functional_call(critic, critic_params, (obs, action))
+    return (alpha * log_prob - torch.min(q1, q2)).mean(-1), log_prob.detach()
+
+
+def sample_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Standard normal noise ``shape`` drawn from ``generator`` (the agent's own random stream)."""
+    return torch.randn(shape, generator=generator, device=device)
+
+
+def continue_global_stream(device: torch.device) -> torch.Generator:
+    """A generator on ``device`` that continues torch's global stream from here (a copy of its state).
+
+    The agent draws its action, update and replay-sampling noise from a generator of its
+    own, so that a population can give every member the stream its single run would use.
+    Started as a copy of the global state right after the networks are initialised, it
+    draws exactly the numbers the global stream would have drawn.
+    """
+    generator = torch.Generator(device)
+    generator.set_state(torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state())
+    return generator
 
 
 @torch.no_grad()
@@ -136,6 +165,8 @@ class MTSAC:
         compile_losses, compile_gradients = compile_mode == "all", compile_mode in ("task_gradients", "all")
         self._batch_loss = {name: torch.compile(fn) if compile_losses else fn for name, fn in self._task_loss.items()}
         self.task_gradients = torch.compile(task_gradients) if compile_gradients else task_gradients
+        #: the agent's own random stream: actions, update noise, replay sampling (``Trainer``).
+        self.generator = continue_global_stream(self.device)
 
     def watched_metrics(self) -> dict[str, str]:
         """The ``[num_tasks]`` metrics of ``update`` that a NaN/inf anywhere in it reaches, with a hint each.
@@ -155,7 +186,11 @@ class MTSAC:
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Actions for a ``[n, obs_dim]`` observation array, as a ``[n, act_dim]`` numpy array."""
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        action = self.actor.deterministic(obs_t) if deterministic else self.actor.sample(obs_t)[0]
+        if deterministic:
+            action = self.actor.deterministic(obs_t)
+        else:
+            action = self.actor.sample(obs_t, sample_noise((*obs_t.shape[:-1], self.act_dim), self.generator,
+                                                           self.device))[0]
         return action.cpu().numpy()
 
     def update(self, batch: Batch, diagnostics: bool = False) -> dict[str, torch.Tensor]:
@@ -171,7 +206,8 @@ class MTSAC:
         k, b = batch.rewards.shape
         alpha = self.log_alpha.detach().exp().expand(k)  # [k]
         with torch.no_grad():
-            next_action, next_log_prob = self.actor.sample(batch.next_obs)
+            next_noise = sample_noise((k, b, self.act_dim), self.generator, self.device)
+            next_action, next_log_prob = self.actor.sample(batch.next_obs, next_noise)
             q1_next, q2_next = self.critic_target(batch.next_obs, next_action)
             soft_value = torch.min(q1_next, q2_next) - alpha[:, None] * next_log_prob
             target = batch.rewards + self.cfg.gamma * (1.0 - batch.terminated) * soft_value  # [k, b]
@@ -182,7 +218,7 @@ class MTSAC:
         metrics["losses/critic"], _ = self._aggregated_step(
             "critic", self.critic, self.critic_opt, (batch.obs, batch.actions, target), diagnostics, metrics)
 
-        noise = torch.randn((k, b, self.act_dim), device=self.device)
+        noise = sample_noise((k, b, self.act_dim), self.generator, self.device)
         self.critic.requires_grad_(False)  # the actor's loss must not build critic gradients
         try:
             metrics["losses/actor"], log_prob = self._aggregated_step(

@@ -110,6 +110,12 @@ def run_sweep_job(job_cfg: DictConfig) -> float:
         n_jobs = OmegaConf.select(hc, "launcher.n_jobs", default=1) or 1
         n_jobs = os.cpu_count() if n_jobs < 0 else n_jobs
         cfg.train.torch_threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    if cfg.seeds is not None:  # a population per job: members in <job dir>/s<seed>
+        from mtrl_famo.population import run_population
+
+        settings = {"progress": cfg.train.progress, "torch_threads": cfg.train.torch_threads}
+        results = run_population(overrides, job_cfg, run_dir=cfg.run_dir, train_settings=settings)
+        return float(sum(r["mean_success_rate"] for r in results) / len(results))
     cfg, resume = runconfig.train_config(overrides, composed=cfg)
     runconfig.check_machine(cfg)
     finished = runconfig.finished_results(cfg)

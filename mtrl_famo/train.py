@@ -203,6 +203,7 @@ class Trainer:
                 "numpy": np.random.get_state(),
                 "python": random.getstate(),
                 "action_space": self.envs.action_space.np_random.bit_generator.state,
+                "agent": self.agent.generator.get_state(),
             },
         }
 
@@ -219,6 +220,13 @@ class Trainer:
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         self.envs.action_space.np_random.bit_generator.state = rng["action_space"]
+        # Checkpoints from before the agent had its own stream: it continues the global one.
+        if "agent" in rng:
+            self.agent.generator.set_state(rng["agent"])
+        elif self.device.type == "cuda" and rng["cuda"] is not None:
+            self.agent.generator.set_state(rng["cuda"][self.device.index or 0])
+        elif self.device.type == "cpu":
+            self.agent.generator.set_state(rng["torch"])
 
     def save(self) -> None:
         """Write the checkpoint atomically.
@@ -352,7 +360,7 @@ class Trainer:
             clock = time.perf_counter()
             if learning:
                 for u in range(cfg.train.updates_per_step):
-                    metrics = self.agent.update(self.buffer.sample(cfg.train.per_task_batch),
+                    metrics = self.agent.update(self.buffer.sample(cfg.train.per_task_batch, self.agent.generator),
                                                 diagnostics=log_now and u == 0)
                     self.nonfinite.observe(metrics, self.step)
                     if log_now and u == 0:

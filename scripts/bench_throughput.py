@@ -10,6 +10,12 @@ projected wall time of a full run (2M steps per task = 2M vector steps, one upda
     python scripts/bench_throughput.py [--benchmarks mt10 mt50] [--aggregators mean famo pcgrad cagrad]
                                        [--steps 30] [--strategy sync async] [--device cpu cuda] [--compile MODE ...]
 
+``--population N`` measures, per setting, a population of N seeds in one process
+(``seeds=[0..N-1]``: one stacked update for all members) against N single runs one
+after another, and prints both in member environment steps per second: the
+population's gain is the ratio. On a CPU the update is compute-bound and the members'
+envs step one after another either way, so expect about 1x there.
+
 ``--compile task_gradients all`` also measures each setting with those ``train.compile``
 modes, side by side with eager; each compiled run follows a short warm-up run, so
 compilation is not timed.
@@ -26,10 +32,45 @@ import tempfile
 
 import torch
 
-from mtrl_famo.runconfig import compose_config
+from mtrl_famo.runconfig import compose_config, compose_node
 from mtrl_famo.train import Trainer
 
 FULL_RUN_VECTOR_STEPS = 2_000_000
+
+
+def run_overrides(benchmark: str, aggregator: str, device: str, strategy: str, steps: int, run_dir: str,
+                  extra: list[str]) -> list[str]:
+    k = {"mt10": 10, "mt50": 50}[benchmark]
+    return [f"benchmark={benchmark}", f"aggregator={aggregator}", f"device={device}",
+            f"benchmark.vector_strategy={strategy}", f"train.total_steps={(WARMUP + steps) * k}",
+            f"train.warmup_steps={WARMUP * k}", "train.buffer_size=100000", "train.progress=false",
+            "train.log_every=100000000", "eval.every=100000000", "eval.final_episodes=1", f"run_dir={run_dir}",
+            *extra]
+
+
+def per_step(timing: dict, steps: int) -> dict:
+    """ms per vector step of ``act``/``env``/``update`` and the vector steps per second they add up to."""
+    per = {"act": timing["act"] / (WARMUP + steps), "env": timing["env"] / (WARMUP + steps),
+           "update": timing["update"] / steps}  # updates run in the learning steps only
+    return {"steps_per_s": 1.0 / sum(per.values()), **{name: 1e3 * v for name, v in per.items()}}
+
+
+def measure_population(benchmark: str, aggregator: str, device: str, strategy: str, steps: int, extra: list[str],
+                       size: int) -> dict:
+    """A population of ``size`` seeds: its loop's timers, per vector step of all members together."""
+    from mtrl_famo.population import PopulationTrainer, population_configs
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        overrides = [*run_overrides(benchmark, aggregator, device, strategy, steps, run_dir, extra),
+                     f"seeds=[{','.join(map(str, range(size)))}]"]
+        compose_config(overrides)  # checks the input
+        configs, _ = population_configs(overrides, compose_node(overrides))
+        trainer = PopulationTrainer(configs, out=lambda *_: None)
+        trainer.run()
+    return per_step(trainer.timing, steps)
+
+
+WARMUP = 5
 
 
 def measure(benchmark: str, aggregator: str, device: str, strategy: str, steps: int, extra: list[str],
@@ -41,22 +82,36 @@ def measure(benchmark: str, aggregator: str, device: str, strategy: str, steps: 
         # recompile limit), compiled in a throw-away run whose cache the timed run uses.
         torch._dynamo.reset()
         measure(benchmark, aggregator, device, strategy, 2, extra, warm_up_compile=False)
-    k = {"mt10": 10, "mt50": 50}[benchmark]
-    warmup = 5
     with tempfile.TemporaryDirectory() as run_dir:
-        cfg = compose_config([
-            f"benchmark={benchmark}", f"aggregator={aggregator}", f"device={device}",
-            f"benchmark.vector_strategy={strategy}", f"train.total_steps={(warmup + steps) * k}",
-            f"train.warmup_steps={warmup * k}", "train.buffer_size=100000", "train.progress=false",
-            "train.log_every=100000000", "eval.every=100000000", "eval.final_episodes=1", f"run_dir={run_dir}",
-            *extra,
-        ])
+        cfg = compose_config(run_overrides(benchmark, aggregator, device, strategy, steps, run_dir, extra))
         trainer = Trainer(cfg, out=lambda *_: None)
         trainer.run()
-    t = trainer.timing
-    per_step = {"act": t["act"] / (warmup + steps), "env": t["env"] / (warmup + steps),
-                "update": t["update"] / steps}  # updates run in the learning steps only
-    return {"steps_per_s": 1.0 / sum(per_step.values()), **{name: 1e3 * v for name, v in per_step.items()}}
+    return per_step(trainer.timing, steps)
+
+
+def compare_population(args) -> None:
+    """``--population N``: a population of N seeds against N single runs, side by side."""
+    n = args.population
+    print(f"torch {torch.__version__}; {args.strategy[0]} envs; "
+          f"{args.steps} learning vector steps per run (after {WARMUP} random warm-up steps); a population of {n} "
+          f"seeds in one process vs {n} single runs one after another (seeds 0..{n - 1}); ms per vector step of "
+          f"ALL {n} members; member steps/s = {n} x vector steps/s\n")
+    print("| device | benchmark | aggregator | how | member vector steps/s | act ms | update ms | env ms | gain |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|")
+    for device in args.device:
+        for benchmark in args.benchmarks:
+            for aggregator in args.aggregators:
+                extra = [*args.overrides, "train.compile=none"]
+                singles = [measure(benchmark, aggregator, device, args.strategy[0], args.steps,
+                                   [*extra, f"seed={seed}"]) for seed in range(n)]
+                single = {key: sum(r[key] for r in singles) for key in ("act", "update", "env")}
+                single_rate = 1e3 / sum(single.values()) * n
+                pop = measure_population(benchmark, aggregator, device, args.strategy[0], args.steps, extra, n)
+                pop_rate = pop["steps_per_s"] * n
+                for how, rate, r, gain in ((f"{n} single runs", single_rate, single, ""),
+                                           (f"population of {n}", pop_rate, pop, f"{pop_rate / single_rate:.2f}x")):
+                    print(f"| {device} | {benchmark} | {aggregator} | {how} | {rate:.1f} | {r['act']:.1f} | "
+                          f"{r['update']:.1f} | {r['env']:.1f} | {gain} |", flush=True)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -68,8 +123,13 @@ def main() -> None:
     parser.add_argument("--device", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     parser.add_argument("--compile", nargs="*", default=[], choices=["task_gradients", "all"],
                         help="also measure with these train.compile modes")
+    parser.add_argument("--population", type=int, default=0, metavar="N",
+                        help="compare a population of N seeds with N single runs instead")
     parser.add_argument("overrides", nargs="*", help="extra mtrl-famo overrides, e.g. train.torch_threads=2")
     args = parser.parse_args()
+    if args.population:
+        compare_population(args)
+        return
     print(f"torch {torch.__version__}; 3x400 networks, 128 rows per task; "
           f"{args.steps} learning vector steps per row (after 5 random warm-up steps); "
           f"ms per vector step\n")
