@@ -39,7 +39,7 @@ from mtrl_famo.envs import step_async, step_wait, true_next_obs
 from mtrl_famo.run_files import CONFIG_FILE, RESULTS_FILE
 from mtrl_famo.stacked_sac import StackedMTSAC
 from mtrl_famo.train import Trainer, crossed
-from mtrl_famo.video import PeriodicVideos
+from mtrl_famo.video.periodic import PeriodicVideos
 
 #: Keys a population sets per member; the rest of the command line is shared.
 MEMBER_KEYS = ("seeds", "seed", "run_dir")

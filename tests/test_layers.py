@@ -13,12 +13,12 @@ PACKAGE = Path(mtrl_famo.__file__).parent
 LAYERS = [
     ["config", "run_files", "atomic"],  # the typed schema and file helpers: nothing of ours below them
     ["runtime", "optim", "buffer", "networks", "nonfinite", "checkpoint", "envs", "aggregators", "run_lock"],
-    ["sac"],
+    ["sac", "stacked_sac"],
     ["evaluate", "video", "video.tasks", "video.gl", "video.encode", "video.render", "video.periodic"],
     ["train"],
     ["runconfig", "report", "report.runs", "report.groups", "report.stats", "report.summary", "report.format",
      "report.tables", "report.plots"],
-    ["sweep", "video.command", "report.command"],
+    ["sweep", "population", "video.command", "report.command"],
     ["cli"],
 ]
 

@@ -27,7 +27,7 @@ from torch import Tensor
 from mtrl_famo.optim import fused_adam
 
 from .base import Aggregator
-from .cagrad import CAGrad, solve_cagrad_weights
+from .cagrad import CAGrad
 from .famo import FAMO
 from .mean import Mean
 from .pcgrad import PCGrad
@@ -179,41 +179,22 @@ class StackedFAMO(StackedAggregator):
 
 
 class StackedPCGrad(StackedAggregator):
-    """:class:`~mtrl_famo.aggregators.pcgrad.PCGrad` for ``N`` members, the projections batched.
-
-    Each member draws its projection orders as the single aggregator does (its own seed
-    and call count, on ``G``'s device); the ``k - 1`` projection steps then run on the
-    ``[N, k, k]`` Gram matrices in float64 on ``G``'s device, the single aggregator's
-    steps with a leading member dimension, with no host sync. The member objects hold
-    the seeds and call counts, so there is no state to copy.
+    """:class:`~mtrl_famo.aggregators.pcgrad.PCGrad` for ``N`` members: each member's own
+    ``combine`` on its ``[k, P]`` slice (its seed and call count draw its orders on ``G``'s
+    device; nothing is read back), so a member computes exactly what a single run does.
+    The ``[N, k, P]`` per-task gradients themselves come from one batched pass.
     """
 
     def combine(self, G: Tensor) -> Tensor:
         """:param G: ``[N, num_tasks, num_params]``. :returns: ``[N, num_params]``."""
         G = self._check_matrix(G)
-        n, k = self.num_members, self.num_tasks
-        if k == 1:
-            return G[:, 0].clone()
-        gram = (G @ G.transpose(1, 2)).to(torch.float64)  # [N, k, k], as base.gram_matrix per member
-        order = torch.stack([m._orders(G.device) for m in self.members])  # [N, k, k - 1]
-        sq_norms = gram.diagonal(dim1=1, dim2=2).clamp_min(torch.finfo(torch.float64).tiny)  # [N, k]
-        coef = torch.eye(k, dtype=torch.float64, device=G.device).repeat(n, 1, 1)  # coef[m, i] @ G[m]: projected g_i
-        for step in range(k - 1):
-            j = order[:, :, step]  # [N, k]: the task each i projects against now
-            row = torch.gather(gram, 1, j[..., None].expand(n, k, k))  # [N, k, k]: g_j . g_*
-            hit = torch.zeros_like(coef).scatter_(2, j[..., None], sq_norms.reciprocal().gather(1, j)[..., None])
-            dots = torch.linalg.vecdot(coef, row)  # [N, k]: (projected g_i) . g_j
-            coef.addcmul_(dots.clamp_max(0.0)[..., None], hit, value=-1.0)  # only where g_i . g_j < 0
-        return torch.einsum("nk,nkp->np", coef.mean(dim=1).to(G.dtype), G)
+        return torch.stack([member.combine(g) for member, g in zip(self.members, G)])
 
 
 class StackedCAGrad(StackedAggregator):
-    """:class:`~mtrl_famo.aggregators.cagrad.CAGrad` for ``N`` members.
-
-    The ``[N, k, k]`` Gram matrices come from one batched matmul and the directions
-    from one batched product; each member's small simplex problem is solved by the
-    single aggregator's fixed-iteration device solver (member by member: ``N`` solves
-    of ``[k, k]``, nothing read back to the host).
+    """:class:`~mtrl_famo.aggregators.cagrad.CAGrad` for ``N`` members: each member's own
+    ``combine`` (its fixed-iteration device solver; nothing read back), so a member computes
+    exactly what a single run does. Batching the ``N`` small solves is left for a GPU profile.
     """
 
     def __init__(self, members: list[CAGrad]):
@@ -224,15 +205,9 @@ class StackedCAGrad(StackedAggregator):
     def combine(self, G: Tensor) -> Tensor:
         """:param G: ``[N, num_tasks, num_params]``. :returns: ``[N, num_params]``."""
         G = self._check_matrix(G)
-        gram = (G @ G.transpose(1, 2)).to(torch.float64)  # [N, k, k]
-        solved = [solve_cagrad_weights(g, self.c, m.iterations, info=m.solver_info) for g, m in zip(gram, self.members)]
-        w = torch.stack([wi for wi, _ in solved])  # [N, k] float64
-        self._weights = w
-        if self.c == 0.0:
-            return G.mean(dim=1)
-        coef = torch.stack([torch.as_tensor(ci, dtype=torch.float64, device=G.device) for _, ci in solved])[:, None]
-        alpha = (1.0 / self.num_tasks + coef * w) / (1.0 + self.c**2)  # [N, k]
-        return torch.einsum("nk,nkp->np", alpha.to(G.dtype), G)
+        direction = torch.stack([member.combine(g) for member, g in zip(self.members, G)])
+        self._weights = torch.stack([member.task_weights for member in self.members])
+        return direction
 
     @property
     def task_weights(self) -> Tensor | None:
