@@ -175,8 +175,10 @@ def test_member_i_is_the_single_run_with_seed_i(population_and_singles):
         assert [e["step"] for e in evals[1]] == [e["step"] for e in evals[0]] == [300, 500]
         for exp, act in zip(*evals):
             assert act["success_rate"] == exp["success_rate"]
+            # Episode returns sum 50 rewards of policies that agree to ~1e-7; a return near 0 has
+            # no relative precision, hence the small absolute tolerance too.
             np.testing.assert_allclose(list(act["episodic_return"].values()),
-                                       list(exp["episodic_return"].values()), rtol=RTOL)
+                                       list(exp["episodic_return"].values()), rtol=RTOL, atol=1e-3)
         config = (member_dir / "config.yaml").read_text()
         assert f"seed: {seed}\n" in config and "seeds: null" in config
         if aggregator == "pcgrad":  # the member's PCGrad follows its seed, as `seed: ${seed}` says
