@@ -249,7 +249,9 @@ def test_runs_as_non_root_user(instructions):
 def test_environment_for_egl_rendering(instructions):
     env = env_vars(instructions)
     assert env.get("MUJOCO_GL") == "egl"
-    assert env.get("PYOPENGL_PLATFORM") == "egl"
+    # MuJoCo and mtrl-famo derive it from MUJOCO_GL; fixed to egl in the image,
+    # `docker run -e MUJOCO_GL=osmesa` failed (scripts/docker_check.sh).
+    assert "PYOPENGL_PLATFORM" not in env
     # The NVIDIA runtime mounts the driver's EGL libraries only for "graphics".
     caps = env.get("NVIDIA_DRIVER_CAPABILITIES", "")
     assert caps == "all" or "graphics" in caps.split(",")
