@@ -25,7 +25,7 @@ AGGREGATED_LOSSES = ("critic", "actor")
 VECTOR_STRATEGIES = ("sync", "async")
 COMPILE_MODES = ("none", "task_gradients", "all")
 PROTOCOLS = ("default", "metaworld_plus", "famo_paper", "cagrad_paper")
-#: Mirrors of ``networks.INIT_SCHEMES`` / ``LOG_STD_MODES`` (this module imports nothing of ours).
+#: ``agent.init`` and ``agent.log_std_mode`` values (``networks`` builds and checks them too).
 INIT_SCHEMES = ("torch", "reference", "orthogonal")
 LOG_STD_MODES = ("tanh", "clip")
 #: Highest ``benchmark.max_episode_steps``: Meta-World's ``max_path_length``; the env raises past it.

@@ -16,13 +16,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-#: ``agent.init``: ``torch`` (PyTorch's default Linear init), ``reference`` (Meta-World+
-#: reference: He-uniform hidden layers, zero biases, small uniform output layers) or
-#: ``orthogonal`` (pytorch_sac / mtrl ``weight_init``: orthogonal weights, zero biases).
-INIT_SCHEMES = ("torch", "reference", "orthogonal")
-#: ``agent.log_std_mode``: ``tanh`` squashes smoothly into the bounds (CleanRL, mtrl),
-#: ``clip`` clamps hard (Meta-World+ reference).
-LOG_STD_MODES = ("tanh", "clip")
+from mtrl_famo.config import INIT_SCHEMES, LOG_STD_MODES
+
+# The allowed ``agent.init`` and ``agent.log_std_mode`` values live with the schema that checks them:
+# ``torch`` (PyTorch's default Linear init), ``reference`` (Meta-World+ reference: He-uniform hidden
+# layers, zero biases, small uniform output layers), ``orthogonal`` (pytorch_sac / mtrl ``weight_init``);
+# ``tanh`` squashes log std smoothly into its bounds (CleanRL, mtrl), ``clip`` clamps (Meta-World+).
 
 
 class TaskHeads(nn.Module):

@@ -197,30 +197,17 @@ class StackedCAGrad(StackedAggregator):
     exactly what a single run does. Batching the ``N`` small solves is left for a GPU profile.
     """
 
-    def __init__(self, members: list[CAGrad]):
-        super().__init__(members)
-        self.c = members[0].c
-        self._weights: Tensor | None = None  # [N, k] float64
-
     def combine(self, G: Tensor) -> Tensor:
         """:param G: ``[N, num_tasks, num_params]``. :returns: ``[N, num_params]``."""
         G = self._check_matrix(G)
-        direction = torch.stack([member.combine(g) for member, g in zip(self.members, G)])
-        self._weights = torch.stack([member.task_weights for member in self.members])
-        return direction
+        return torch.stack([member.combine(g) for member, g in zip(self.members, G)])
 
     @property
     def task_weights(self) -> Tensor | None:
-        return None if self._weights is None else self._weights.clone()
-
-    def load_from_members(self) -> None:
-        weights = [m.task_weights for m in self.members]
-        self._weights = None if weights[0] is None else torch.stack(weights)
-
-    def write_to_members(self) -> None:
-        if self._weights is not None:
-            for member, w in zip(self.members, self._weights):
-                member.load_state_dict({"weights": w.clone()})
+        """``[N, num_tasks]``, each member's last ``w*`` (None before the first ``combine``); the
+        members hold it, so there is no stacked state to load or write back."""
+        weights = [member.task_weights for member in self.members]
+        return None if weights[0] is None else torch.stack(weights)
 
 
 _STACKED = {Mean: StackedMean, FAMO: StackedFAMO, PCGrad: StackedPCGrad, CAGrad: StackedCAGrad}
