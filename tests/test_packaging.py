@@ -1,7 +1,10 @@
 """A non-editable install (`pip install .`, the Docker image) ships every subpackage and config file."""
 
-import tomllib
 from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the project supports 3.10 too
 
 ROOT = Path(__file__).resolve().parents[1]
 
