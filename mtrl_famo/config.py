@@ -23,7 +23,10 @@ BENCHMARKS = ("mt1", "mt10", "mt50")
 AGGREGATOR_NAMES = ("mean", "famo", "pcgrad", "cagrad")
 AGGREGATED_LOSSES = ("critic", "actor")
 VECTOR_STRATEGIES = ("sync", "async")
-COMPILE_MODES = ("none", "task_gradients", "all")
+COMPILE_MODES = ("none", "task_gradients", "all", "graph")
+#: The aggregators whose update ``train.compile=graph`` captures as one graph (their
+#: combine runs on the device with no host read; see ``graph_update``).
+GRAPH_AGGREGATORS = ("mean", "famo", "pcgrad", "cagrad")
 PROTOCOLS = ("default", "metaworld_plus", "famo_paper", "cagrad_paper")
 #: ``agent.init`` and ``agent.log_std_mode`` values (``networks`` builds and checks them too).
 INIT_SCHEMES = ("torch", "reference", "orthogonal")
@@ -139,8 +142,9 @@ class TrainConfig:
     log_every: int = doc(5_000, "steps between loss/diagnostic scalars in TensorBoard")
     torch_threads: int = doc(0, "torch CPU threads; 0 = 1 thread on machines with <= 4 cores, else torch's default")
     progress: bool = doc(True, "show a progress bar with steps/s and ETA")
-    compile: str = doc("none", "torch.compile: none, task_gradients (PCGrad/CAGrad's one-pass per-task gradients) "
-                              "or all (also the loss functions); see docs/performance.md")
+    compile: str = doc("none", "torch.compile: none, task_gradients (PCGrad/CAGrad's one-pass per-task gradients), "
+                              "all (also the loss functions) or graph (the whole update as one graph, CUDA graphs "
+                              "on CUDA); see docs/performance.md")
 
     def total_for(self, num_tasks: int) -> int:
         """The run length in environment steps: ``total_steps``, else ``steps_per_task x num_tasks``."""
@@ -302,6 +306,9 @@ def validate(cfg: Config) -> Config:
     _check_steps(t.log_every, "train.log_every")
     _check_steps(t.torch_threads, "train.torch_threads", allow_zero=True)
     _require(t.compile in COMPILE_MODES, f"train.compile={t.compile!r}; allowed: {', '.join(COMPILE_MODES)}")
+    _require(t.compile != "graph" or cfg.aggregator.name in GRAPH_AGGREGATORS,
+             f"train.compile=graph does not support aggregator={cfg.aggregator.name!r} (its solver is not written "
+             f"for one graph); allowed: {', '.join(GRAPH_AGGREGATORS)}, or train.compile=none/task_gradients/all")
     k = TASKS_PER_BENCHMARK.get(b.name, 1)
     total, warmup = t.total_for(k), t.warmup_for(k)
     _require(warmup < total,

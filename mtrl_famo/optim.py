@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 
@@ -27,3 +28,76 @@ def load_fused_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
             p_state = optimizer.state.get(p, {})
             if "step" in p_state:
                 p_state["step"] = p_state["step"].to(p.device, torch.float32)
+
+
+class AdamTensors(NamedTuple):
+    """A ``torch.optim.Adam``'s parameters and state as tensor lists, for :func:`adam_step_`.
+
+    The lists hold the optimizer's own tensors (not copies), so a step taken through
+    them is the optimizer's step: its ``state_dict`` and checkpoints are unchanged.
+    """
+
+    params: list[torch.Tensor]
+    exp_avg: list[torch.Tensor]
+    exp_avg_sq: list[torch.Tensor]
+    steps: list[torch.Tensor]  # 0-dim float32 on each parameter's device, as fused Adam keeps them
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+
+
+def adam_tensors(optimizer: torch.optim.Adam) -> AdamTensors:
+    """The tensors of a one-group fused Adam, creating its state as its first ``step`` would.
+
+    Adam creates its state lazily at the first step; a step taken by :func:`adam_step_`
+    inside a compiled graph needs it to exist beforehand.
+    """
+    if len(optimizer.param_groups) != 1:
+        raise ValueError(f"expected an Adam with one parameter group, got {len(optimizer.param_groups)}")
+    group = optimizer.param_groups[0]
+    if group["amsgrad"] or group["maximize"] or group.get("decoupled_weight_decay", False):
+        raise ValueError("adam_tensors supports plain Adam (no amsgrad, maximize or decoupled weight decay)")
+    params = list(group["params"])
+    for p in params:
+        state = optimizer.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    states = [optimizer.state[p] for p in params]
+    beta1, beta2 = group["betas"]
+    return AdamTensors(params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                       [s["step"] for s in states], float(group["lr"]), float(beta1), float(beta2),
+                       float(group["eps"]), float(group["weight_decay"]))
+
+
+@torch.no_grad()
+def adam_step_(adam: AdamTensors, grads: list[torch.Tensor]) -> None:
+    """One Adam step along ``grads`` (one per parameter, same shapes), in place.
+
+    Run eagerly it is the fused kernel, the step ``optimizer.step()`` would take.
+    Traced by ``torch.compile`` (``train.compile=graph``) it is the same algorithm in
+    for-each ops, which the compiler fuses into the graph (the fused kernel cannot be
+    traced); the two agree to float rounding. The step counters stay tensors, so a
+    compiled step does not recompile as they grow.
+    """
+    if not torch.compiler.is_compiling():
+        torch._foreach_add_(adam.steps, 1.0)  # as Adam.step does: the fused kernel reads, not bumps, the counts
+        torch._fused_adam_(adam.params, grads, adam.exp_avg, adam.exp_avg_sq, [], adam.steps, lr=adam.lr,
+                           beta1=adam.beta1, beta2=adam.beta2, weight_decay=adam.weight_decay, eps=adam.eps,
+                           amsgrad=False, maximize=False)
+        return
+    torch._foreach_add_(adam.steps, 1.0)
+    if adam.weight_decay:
+        grads = torch._foreach_add(grads, adam.params, alpha=adam.weight_decay)
+    torch._foreach_lerp_(adam.exp_avg, grads, 1.0 - adam.beta1)
+    torch._foreach_mul_(adam.exp_avg_sq, adam.beta2)
+    torch._foreach_addcmul_(adam.exp_avg_sq, grads, grads, value=1.0 - adam.beta2)
+    bias_correction1 = [1.0 - torch.pow(adam.beta1, step) for step in adam.steps]
+    bias_correction2_sqrt = [(1.0 - torch.pow(adam.beta2, step)).sqrt() for step in adam.steps]
+    denom = torch._foreach_div(torch._foreach_sqrt(adam.exp_avg_sq), bias_correction2_sqrt)
+    torch._foreach_add_(denom, adam.eps)
+    step_sizes = [-adam.lr / bc for bc in bias_correction1]
+    torch._foreach_addcdiv_(adam.params, torch._foreach_mul(adam.exp_avg, step_sizes), denom)

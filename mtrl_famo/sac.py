@@ -25,6 +25,7 @@ from mtrl_famo.aggregators import make_aggregator
 from mtrl_famo.aggregators.per_task_grads import assign_flat_grad, gradient_diagnostics, per_task_gradients
 from mtrl_famo.buffer import Batch
 from mtrl_famo.config import AgentConfig, AggregatorConfig, aggregator_options
+from mtrl_famo.graph_update import GraphUpdate
 from mtrl_famo.networks import Actor, TwinQ, squashed_sample
 from mtrl_famo.optim import fused_adam, load_fused_adam_state
 
@@ -121,8 +122,9 @@ class MTSAC:
         makes no host sync (PCGrad and CAGrad still read their ``[k, k]`` Gram matrix).
     :param compile_mode: ``none``; ``task_gradients``: ``torch.compile`` the ``task_gradients``
         function (PCGrad, CAGrad, diagnostics); ``all``: also the loss functions used
-        on the whole batch (mean, FAMO). Same results to float tolerance; the first
-        updates pay the compilation.
+        on the whole batch (mean, FAMO); ``graph``: the whole update as one graph
+        (:mod:`~mtrl_famo.graph_update`; CUDA graphs on CUDA; the aggregators' immediate
+        checks off). Same results to float tolerance; the first updates pay the compilation.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, num_tasks: int, cfg: AgentConfig,
@@ -167,6 +169,8 @@ class MTSAC:
         self.task_gradients = torch.compile(task_gradients) if compile_gradients else task_gradients
         #: the agent's own random stream: actions, update noise, replay sampling (``Trainer``).
         self.generator = continue_global_stream(self.device)
+        #: ``compile_mode="graph"``: the whole update as one compiled graph.
+        self._graph = GraphUpdate(self) if compile_mode == "graph" else None
 
     def watched_metrics(self) -> dict[str, str]:
         """The ``[num_tasks]`` metrics of ``update`` that a NaN/inf anywhere in it reaches, with a hint each.
@@ -203,6 +207,8 @@ class MTSAC:
             ``losses/alpha``, ``alpha``, each ``[num_tasks]``; aggregator weights and
             gradient diagnostics where available.
         """
+        if self._graph is not None:
+            return self._graph(batch, diagnostics)
         k, b = batch.rewards.shape
         alpha = self.log_alpha.detach().exp().expand(k)  # [k]
         with torch.no_grad():

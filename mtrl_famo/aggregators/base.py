@@ -58,6 +58,18 @@ class Aggregator:
             f"[num_tasks, num_params] and call combine(G)"
         )
 
+    def graph_inputs(self, device: torch.device) -> tuple[Tensor, ...]:
+        """The random tensors the next ``combine`` draws, drawn now (default: none).
+
+        A compiled update (``train.compile=graph``) cannot seed a generator inside its
+        graph: it draws these before the graph and passes them to :meth:`combine_with`.
+        """
+        return ()
+
+    def combine_with(self, G: Tensor, *inputs: Tensor) -> Tensor:
+        """``combine(G)`` with the random tensors of :meth:`graph_inputs` given (default: ``combine(G)``)."""
+        return self.combine(G)
+
     def update(self, new_losses: Tensor) -> None:
         """Adapt internal state after the optimizer step (no-op unless overridden).
 
@@ -68,6 +80,16 @@ class Aggregator:
     @property
     def task_weights(self) -> Tensor | None:
         """``[num_tasks]`` current task weights, or None where the method has none."""
+        return None
+
+    @property
+    def loss_weights(self) -> Tensor | None:
+        """Loss-weighting aggregators: ``[num_tasks]``, the gradient of the last ``combine_losses``
+        output with respect to its losses (the weight each task's gradient gets); None before it.
+
+        A compiled update (``train.compile=graph``) takes the network's gradient as one
+        vector-Jacobian product of the losses with these weights.
+        """
         return None
 
     # -- checkpointing / devices ----------------------------------------------

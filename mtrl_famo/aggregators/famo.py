@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtrl_famo.optim import fused_adam, load_fused_adam_state
+from mtrl_famo.optim import adam_step_, adam_tensors, fused_adam, load_fused_adam_state
 
 from .base import Aggregator, check_float
 
@@ -96,10 +96,12 @@ class FAMO(Aggregator):
         l_new = new_losses.to(device) - self.min_losses.to(device) + self.eps
         self._check_positive(l_new, new_losses)
         delta = self._prev_losses.to(device).log() - l_new.log()
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(torch.softmax(self.logits, dim=0), self.logits, grad_outputs=delta)
-        self.logits.grad = grad
-        self._optimizer.step()
+        # The gradient of z . delta with respect to the logits (z = softmax(logits)), in
+        # closed form, and the logits' Adam step taken on the optimizer's own state:
+        # no autograd call and no optimizer object, so a compiled update can trace it.
+        z = torch.softmax(self.logits.detach(), dim=0)
+        grad = z * (delta - (z * delta).sum())
+        adam_step_(adam_tensors(self._optimizer), [grad])
         self._prev_losses = None
 
     @property

@@ -26,7 +26,14 @@ class Mean(Aggregator):
 
     def combine_losses(self, losses: Tensor) -> Tensor:
         """:param losses: ``[num_tasks]``. :returns: scalar, ``losses.mean()``."""
-        return self._check_losses(losses).mean()
+        losses = self._check_losses(losses)
+        self._loss_weights = torch.full_like(losses.detach(), 1.0 / self.num_tasks)
+        return losses.mean()
+
+    @property
+    def loss_weights(self) -> Tensor | None:
+        """``[num_tasks]``, all ``1 / num_tasks`` (None before the first ``combine_losses``)."""
+        return getattr(self, "_loss_weights", None)
 
     @property
     def task_weights(self) -> Tensor:

@@ -55,14 +55,22 @@ class PCGrad(Aggregator):
 
     def combine(self, G: Tensor) -> Tensor:
         """:param G: ``[num_tasks, num_params]``. :returns: ``[num_params]`` direction."""
+        return self.combine_with(G, *self.graph_inputs(G.device))
+
+    def graph_inputs(self, device: torch.device) -> tuple[Tensor, ...]:
+        """``(order,)``: the next call's projection orders ``[k, k - 1]`` (none for one task)."""
+        return (self._orders(device),) if self.num_tasks > 1 else ()
+
+    def combine_with(self, G: Tensor, *inputs: Tensor) -> Tensor:
+        """``combine(G)`` with the projection orders ``[k, k - 1]`` drawn by :meth:`graph_inputs`."""
         G = self._check_matrix(G, check_values=False)
         k = self.num_tasks
         if k == 1:
             if self.immediate_checks:
                 gram_matrix(G)  # the NaN/inf check
             return G[0].clone()
+        (order,) = inputs
         gram = gram_matrix(G, check=self.immediate_checks)  # [k, k] float64, on G's device
-        order = self._orders(G.device)  # [k, k - 1]
 
         # Step t of row i projects against task order[i, t]. Gathered once:
         # rows[i, t] = gram[order[i, t]] (its dots with every task) and

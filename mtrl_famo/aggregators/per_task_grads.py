@@ -158,19 +158,25 @@ def gradient_diagnostics(G: Tensor) -> dict[str, float]:
         ``conflict_fraction``, the fraction of pairs with ``g_i . g_j < 0``.
         With one task: 1.0 and 0.0.
     """
+    stats = gradient_diagnostic_tensors(G)
+    values = torch.stack(list(stats.values())).tolist()  # one sync
+    return dict(zip(stats, values))
+
+
+def gradient_diagnostic_tensors(G: Tensor) -> dict[str, Tensor]:
+    """:func:`gradient_diagnostics` as 0-dim tensors on ``G``'s device (no host sync)."""
     if G.ndim != 2 or G.shape[0] < 1:
         raise ValueError(f"expected G of shape [num_tasks, num_params], got {tuple(G.shape)}")
     k = G.shape[0]
     if k == 1:
-        return {"cos_sim_mean": 1.0, "conflict_fraction": 0.0}
+        return {"cos_sim_mean": G.new_tensor(1.0), "conflict_fraction": G.new_tensor(0.0)}
     G = G.detach()
     gram = G @ G.T
     norms = gram.diagonal().clamp_min(0).sqrt()
     denom = norms[:, None] * norms[None, :]
     cos = torch.where(denom > 0, gram / denom.clamp_min(torch.finfo(gram.dtype).tiny), torch.zeros_like(gram))
     i, j = torch.triu_indices(k, k, offset=1, device=G.device)
-    stats = torch.stack([cos[i, j].mean(), (gram[i, j] < 0).to(gram.dtype).mean()]).tolist()  # one sync
-    return {"cos_sim_mean": stats[0], "conflict_fraction": stats[1]}
+    return {"cos_sim_mean": cos[i, j].mean(), "conflict_fraction": (gram[i, j] < 0).to(gram.dtype).mean()}
 
 
 def _named_params(module: nn.Module, params: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
