@@ -20,7 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 BENCHMARKS = ("mt1", "mt10", "mt50")
-AGGREGATOR_NAMES = ("mean", "famo", "pcgrad", "cagrad")
+AGGREGATOR_NAMES = ("mean", "famo", "pcgrad", "cagrad", "uw", "dwa", "rlw")
 AGGREGATED_LOSSES = ("critic", "actor")
 VECTOR_STRATEGIES = ("sync", "async")
 COMPILE_MODES = ("none", "task_gradients", "all", "graph")
@@ -66,7 +66,7 @@ class BenchmarkConfig:
 class AggregatorConfig:
     """Options common to every aggregator; the per-aggregator schemas add theirs."""
 
-    name: str = doc("mean", "how per-task losses are combined: mean, famo, pcgrad or cagrad")
+    name: str = doc("mean", "how per-task losses are combined: mean, famo, pcgrad, cagrad, uw, dwa or rlw")
     apply_to: List[str] = doc(["critic", "actor"], "which losses the aggregator combines (others use the mean)")
 
 
@@ -97,11 +97,51 @@ class CAGradAggregatorConfig(AggregatorConfig):
     c: float = doc(0.5, "CAGrad's conflict-aversion radius (0 = mean)")
 
 
+@dataclass
+class UWAggregatorConfig(AggregatorConfig):
+    name: str = "uw"
+    apply_to: List[str] = doc(["critic"], "UW on the critic only: exp(-s) L + s has no minimum in s for a negative "
+                                          "loss (the actor's); as FAMO's default")
+    lr: float = doc(0.025, "Adam learning rate of UW's log-variances s (Nash-MTL's and FAMO's --method-params-lr "
+                           "for uncertainty weighting)")
+
+
+@dataclass
+class DWAAggregatorConfig(AggregatorConfig):
+    name: str = "dwa"
+    apply_to: List[str] = doc(["critic"], "DWA on the critic only: a ratio of window means of the actor's losses "
+                                          "(either sign) says nothing about progress")
+    temperature: float = doc(2.0, "DWA's softmax temperature T (Liu et al. 2019: T = 2)")
+    window: int = doc(500, "updates per window, DWA's stand-in for an epoch (ours: one 500-step episode of "
+                           "updates; the YAML default is benchmark.max_episode_steps)")
+
+
+@dataclass
+class RLWAggregatorConfig(AggregatorConfig):
+    name: str = "rlw"
+    seed: int = doc(0, "seed of RLW's own weight stream, softmax of N(0, I) (Lin et al. 2022's default; "
+                       "the YAML default: the run's seed)")
+
+
 AGGREGATOR_SCHEMAS = {
     "mean": MeanAggregatorConfig,
     "famo": FamoAggregatorConfig,
     "pcgrad": PCGradAggregatorConfig,
     "cagrad": CAGradAggregatorConfig,
+    "uw": UWAggregatorConfig,
+    "dwa": DWAAggregatorConfig,
+    "rlw": RLWAggregatorConfig,
+}
+
+#: Aggregators that may not weight the actor loss (alpha log pi - Q, unbounded below: it turns
+#: negative), with the reason; ``validate`` refuses ``apply_to`` with ``actor`` for them.
+CRITIC_ONLY_AGGREGATORS = {
+    "famo": "FAMO takes log(loss - min_losses) and the actor loss (alpha log pi - Q) has no lower bound "
+            "(it turns negative, then NaN)",
+    "uw": "UW minimises exp(-s) L + s, which for a negative loss (the actor's, alpha log pi - Q, turns negative) "
+          "has no minimum: s -> -inf and the weight exp(-s) grows without bound",
+    "dwa": "DWA divides window means of each loss, and the actor loss (alpha log pi - Q) changes sign, "
+           "so the ratio says nothing about progress",
 }
 
 
@@ -261,7 +301,8 @@ def validate(cfg: Config) -> Config:
     _require(a.name in AGGREGATOR_NAMES, f"aggregator={a.name!r} is unknown; allowed: {', '.join(AGGREGATOR_NAMES)}")
     _require(len(a.apply_to) > 0, f"aggregator.apply_to=[] leaves {a.name} nothing to combine; allowed: a "
                                   f"non-empty list of {', '.join(AGGREGATED_LOSSES)}")
-    for key, low, strict in (("c", 0.0, False), ("w_lr", 0.0, True), ("gamma", 0.0, False), ("eps", 0.0, True)):
+    for key, low, strict in (("c", 0.0, False), ("w_lr", 0.0, True), ("gamma", 0.0, False), ("eps", 0.0, True),
+                             ("lr", 0.0, True), ("temperature", 0.0, True)):
         if hasattr(a, key):
             value = getattr(a, key)
             _require(value > low if strict else value >= low,
@@ -269,9 +310,11 @@ def validate(cfg: Config) -> Config:
     for loss in a.apply_to:
         _require(loss in AGGREGATED_LOSSES,
                  f"aggregator.apply_to has {loss!r}; allowed: {', '.join(AGGREGATED_LOSSES)}")
-    _require(not (a.name == "famo" and "actor" in a.apply_to),
-             "aggregator.apply_to=[..., actor] is not allowed with aggregator=famo: FAMO takes log(loss - min_losses) "
-             "and the actor loss (alpha log pi - Q) has no lower bound (it turns negative, then NaN); allowed: [critic]")
+    if hasattr(a, "window"):
+        _check_steps(a.window, "aggregator.window")
+    _require(not (a.name in CRITIC_ONLY_AGGREGATORS and "actor" in a.apply_to),
+             f"aggregator.apply_to=[..., actor] is not allowed with aggregator={a.name}: "
+             f"{CRITIC_ONLY_AGGREGATORS.get(a.name)}; allowed: [critic]")
 
     ag = cfg.agent
     _require(len(ag.hidden_sizes) > 0 and all(h > 0 for h in ag.hidden_sizes),

@@ -130,11 +130,13 @@ def test_pcgrad_non_conflicting_for_two_tasks(matrix: str) -> None:
 
 
 def test_registry_and_families() -> None:
-    assert sorted(AGGREGATORS) == ["cagrad", "famo", "mean", "pcgrad"]
+    assert sorted(AGGREGATORS) == ["cagrad", "dwa", "famo", "mean", "pcgrad", "rlw", "uw"]
     uses_g = {name: make_aggregator(name, 3).uses_task_gradients for name in AGGREGATORS}
-    assert uses_g == {"cagrad": True, "famo": False, "mean": False, "pcgrad": True}
+    assert uses_g == {"cagrad": True, "dwa": False, "famo": False, "mean": False, "pcgrad": True, "rlw": False,
+                      "uw": False}
     needs_update = {name: make_aggregator(name, 3).needs_update for name in AGGREGATORS}
-    assert needs_update == {"cagrad": False, "famo": True, "mean": False, "pcgrad": False}
+    assert needs_update == {"cagrad": False, "dwa": False, "famo": True, "mean": False, "pcgrad": False,
+                            "rlw": False, "uw": False}
     assert aggregator_options("famo") == ("w_lr", "gamma", "min_losses", "eps")
     assert make_aggregator("CAGrad", 2).c == 0.5
 
@@ -521,7 +523,8 @@ def test_loss_and_gradient_families_refuse_the_other_call() -> None:
 
 
 def test_unknown_aggregator_names_the_value_and_the_allowed() -> None:
-    with pytest.raises(ValueError, match=re.escape("unknown aggregator 'foo'; allowed: cagrad, famo, mean, pcgrad")):
+    allowed = ", ".join(sorted(AGGREGATORS))
+    with pytest.raises(ValueError, match=re.escape(f"unknown aggregator 'foo'; allowed: {allowed}")):
         make_aggregator("foo", 3)
 
 

@@ -7,7 +7,7 @@
     else:
         agg.combine_losses(losses).backward()  # losses: [num_tasks]
         optimizer.step()
-        agg.update(new_losses)                 # FAMO only; a no-op for the others
+        agg.update(new_losses)                 # where agg.needs_update (FAMO); a no-op for the others
 
 See ``per_task_grads`` for building ``G`` with one batched backward.
 """
@@ -19,6 +19,7 @@ from typing import Any
 
 from .base import Aggregator
 from .cagrad import CAGrad
+from .dwa import DWA
 from .famo import FAMO
 from .mean import Mean
 from .pcgrad import PCGrad
@@ -29,13 +30,18 @@ from .per_task_grads import (
     per_task_gradients,
     per_task_gradients_loop,
 )
+from .rlw import RLW
+from .uw import UW
 
 #: name -> aggregator class; ``make_aggregator`` looks names up here.
 AGGREGATORS: dict[str, type[Aggregator]] = {
     "cagrad": CAGrad,
+    "dwa": DWA,
     "famo": FAMO,
     "mean": Mean,
     "pcgrad": PCGrad,
+    "rlw": RLW,
+    "uw": UW,
 }
 
 
@@ -52,7 +58,8 @@ def make_aggregator(name: str, num_tasks: int, **options: Any) -> Aggregator:
     :param name: one of ``AGGREGATORS`` (case-insensitive).
     :param num_tasks: number of tasks ``k >= 1``.
     :param options: the aggregator's options, e.g. ``c`` for cagrad, ``w_lr``,
-        ``gamma``, ``min_losses``, ``eps`` for famo, ``seed`` for pcgrad.
+        ``gamma``, ``min_losses``, ``eps`` for famo, ``seed`` for pcgrad and rlw,
+        ``lr`` for uw, ``temperature``, ``window`` for dwa.
     :raises ValueError: unknown name, unknown option or bad value; the message
         names the bad value and what is allowed.
     """
@@ -77,9 +84,12 @@ __all__ = [
     "AGGREGATORS",
     "Aggregator",
     "CAGrad",
+    "DWA",
     "FAMO",
     "Mean",
     "PCGrad",
+    "RLW",
+    "UW",
     "aggregator_options",
     "assign_flat_grad",
     "flatten_grads",

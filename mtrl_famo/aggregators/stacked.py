@@ -28,9 +28,12 @@ from mtrl_famo.optim import fused_adam
 
 from .base import Aggregator
 from .cagrad import CAGrad
+from .dwa import DWA
 from .famo import FAMO
 from .mean import Mean
 from .pcgrad import PCGrad
+from .rlw import RLW
+from .uw import UW
 
 
 class StackedAggregator:
@@ -42,7 +45,8 @@ class StackedAggregator:
     def __init__(self, members: list[Aggregator]):
         if not members:
             raise ValueError("a population needs at least one member aggregator")
-        kinds = {repr(m) if not isinstance(m, PCGrad) else "PCGrad" for m in members}
+        # A seeded aggregator's seed is the member's own (`seed: ${seed}`); the rest must agree.
+        kinds = {repr(m) if not isinstance(m, _SEEDED) else type(m).__name__ for m in members}
         if len(kinds) != 1 or len({type(m) for m in members}) != 1:
             raise ValueError(f"the members' aggregators differ: {sorted(kinds)}; a population shares one configuration")
         self.members = list(members)
@@ -58,7 +62,7 @@ class StackedAggregator:
         raise NotImplementedError(f"{self!r} combines per-task gradients: call combine(G [N, num_tasks, P])")
 
     def update(self, new_losses: Tensor) -> None:
-        """FAMO's step on its logits; a no-op for the others."""
+        """FAMO's step on its logits; a no-op for the others (see :class:`StackedPerMember`)."""
 
     @property
     def task_weights(self) -> Tensor | None:
@@ -210,7 +214,35 @@ class StackedCAGrad(StackedAggregator):
         return None if weights[0] is None else torch.stack(weights)
 
 
-_STACKED = {Mean: StackedMean, FAMO: StackedFAMO, PCGrad: StackedPCGrad, CAGrad: StackedCAGrad}
+class StackedPerMember(StackedAggregator):
+    """Any loss-weighting aggregator for ``N`` members, member by member: row ``i`` of the
+    ``[N, num_tasks]`` losses goes to member ``i``'s own ``combine_losses`` (and ``update``),
+    so each member computes exactly what a single run does and its state stays in the
+    member object (nothing to load or write back). Used for UW, DWA and RLW, whose
+    per-call work is ``O(num_tasks)`` small operations, so batching it buys little.
+    """
+
+    def combine_losses(self, losses: Tensor) -> Tensor:
+        """:param losses: ``[N, num_tasks]``. :returns: ``[N]``, member ``i``'s scalar."""
+        losses = self._check_losses(losses)
+        return torch.stack([member.combine_losses(row) for member, row in zip(self.members, losses)])
+
+    def update(self, new_losses: Tensor) -> None:
+        """Each member's ``update`` on its row. :param new_losses: ``[N, num_tasks]``."""
+        new_losses = self._check_losses(new_losses)
+        for member, row in zip(self.members, new_losses):
+            member.update(row)
+
+    @property
+    def task_weights(self) -> Tensor | None:
+        """``[N, num_tasks]``, each member's ``task_weights`` (None while a member has none)."""
+        weights = [member.task_weights for member in self.members]
+        return None if any(w is None for w in weights) else torch.stack(weights)
+
+
+_SEEDED = (PCGrad, RLW)
+_STACKED = {Mean: StackedMean, FAMO: StackedFAMO, PCGrad: StackedPCGrad, CAGrad: StackedCAGrad,
+            UW: StackedPerMember, DWA: StackedPerMember, RLW: StackedPerMember}
 
 
 def stack_aggregators(members: list[Aggregator]) -> StackedAggregator:
