@@ -45,24 +45,18 @@ class GraphUpdate:
         (``config.GRAPH_AGGREGATORS``), and their immediate checks are switched off (a
         check reads a flag back from the device; the training loop's
         :class:`~mtrl_famo.nonfinite.NonFiniteWatch` watches the metrics instead).
+    :param backend: ``torch.compile``'s backend (tests use ``aot_eager``, which compiles faster).
     """
 
-    def __init__(self, agent: "MTSAC"):
+    def __init__(self, agent: "MTSAC", backend="inductor"):
         self.agent = agent
         for aggregator in agent.aggregators.values():
             aggregator.immediate_checks = False
-        self._adam: dict[str, AdamTensors] = {
-            "critic": adam_tensors(agent.critic_opt), "actor": adam_tensors(agent.actor_opt),
-            "alpha": adam_tensors(agent.alpha_opt)}
         self.cuda_graphs = agent.device.type == "cuda"
-        if self.cuda_graphs:  # the tensors the graph updates in place keep their addresses between replays
-            for adam in self._adam.values():
-                for tensor in (*adam.params, *adam.exp_avg, *adam.exp_avg_sq, *adam.steps):
-                    torch._dynamo.mark_static_address(tensor)
-        mode = "reduce-overhead" if self.cuda_graphs else None
+        mode = "reduce-overhead" if self.cuda_graphs and backend == "inductor" else None
         self._compiled = {
             diagnostics: torch.compile(self._update if diagnostics else self._update_plain, fullgraph=True,
-                                       dynamic=False, mode=mode)
+                                       dynamic=False, backend=backend, mode=mode)
             for diagnostics in (False, True)}
 
     def __call__(self, batch: Batch, diagnostics: bool = False) -> dict[str, Tensor]:
@@ -74,7 +68,15 @@ class GraphUpdate:
         next_noise = torch.randn(noise_shape, generator=agent.generator, device=agent.device)
         noise = torch.randn(noise_shape, generator=agent.generator, device=agent.device)
         drawn = {name: aggregator.graph_inputs(agent.device) for name, aggregator in agent.aggregators.items()}
-        metrics = self._compiled[bool(diagnostics)](*batch, next_noise, noise, drawn["critic"], drawn["actor"])
+        # Read at every call: loading a checkpoint replaces the optimizers' state tensors.
+        adams = {name: adam_tensors(optimizer) for name, optimizer in
+                 (("critic", agent.critic_opt), ("actor", agent.actor_opt), ("alpha", agent.alpha_opt))}
+        if self.cuda_graphs:  # what the graph updates in place keeps its address between replays
+            for adam in adams.values():
+                for tensor in (*adam.params, *adam.exp_avg, *adam.exp_avg_sq, *adam.steps):
+                    torch._dynamo.mark_static_address(tensor)
+        metrics = self._compiled[bool(diagnostics)](*batch, next_noise, noise, drawn["critic"], drawn["actor"],
+                                                    adams)
         if self.cuda_graphs:  # a CUDA graph's outputs are overwritten by its next replay
             metrics = {key: value.clone() for key, value in metrics.items()}
         return metrics
@@ -84,8 +86,9 @@ class GraphUpdate:
 
     def _update(self, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor, terminated: Tensor,
                 next_noise: Tensor, noise: Tensor, critic_inputs: tuple, actor_inputs: tuple,
-                diagnostics: bool = True) -> dict[str, Tensor]:
-        """The update, with the batch fields ``[k, b, ...]`` and noise ``[k, b, act_dim]`` given."""
+                adams: dict[str, AdamTensors], diagnostics: bool = True) -> dict[str, Tensor]:
+        """The update, with the batch fields ``[k, b, ...]``, noise ``[k, b, act_dim]``, the
+        aggregators' draws and the three optimizers' tensors given."""
         agent, cfg = self.agent, self.agent.cfg
         k = rewards.shape[0]
         with torch.no_grad():  # gradients come from torch.func only
@@ -99,13 +102,13 @@ class GraphUpdate:
 
             metrics: dict[str, Tensor] = {}
             metrics["losses/critic"], _ = self._network_step(
-                "critic", (obs, actions, target), critic_inputs, diagnostics, metrics)
+                "critic", (obs, actions, target), critic_inputs, adams["critic"], diagnostics, metrics)
             metrics["losses/actor"], log_prob = self._network_step(
-                "actor", (obs, noise, alpha[:, None]), actor_inputs, diagnostics, metrics)
+                "actor", (obs, noise, alpha[:, None]), actor_inputs, adams["actor"], diagnostics, metrics)
 
             (alpha_grad,), (_, alpha_losses) = torch.func.grad_and_value(self._alpha_loss, has_aux=True)(
                 (agent.log_alpha.detach(),), log_prob)
-            adam_step_(self._adam["alpha"], [alpha_grad])
+            adam_step_(adams["alpha"], [alpha_grad])
             torch._foreach_lerp_(list(agent.critic_target.parameters()), list(agent.critic.parameters()), cfg.tau)
             metrics["losses/alpha"] = alpha_losses
             metrics["alpha"] = agent.log_alpha.exp().expand(k)
@@ -118,7 +121,7 @@ class GraphUpdate:
         losses = -(log_alpha[0].expand(k)[:, None] * (log_prob + self.agent.target_entropy)).mean(-1)  # [k]
         return (losses.mean() if self.agent.cfg.shared_alpha else losses.sum()), losses.detach()
 
-    def _network_step(self, name: str, task_args: tuple, drawn: tuple, diagnostics: bool,
+    def _network_step(self, name: str, task_args: tuple, drawn: tuple, adam: AdamTensors, diagnostics: bool,
                       metrics: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
         """One network's aggregated Adam step; :meth:`MTSAC._aggregated_step` in functional form.
 
@@ -152,7 +155,7 @@ class GraphUpdate:
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
             grads = torch._foreach_mul(grads, (agent.cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0))
             metrics[f"grad_norm/{name}"] = norm  # as clip_grad_norm_: the norm before clipping
-        adam_step_(self._adam[name], grads)
+        adam_step_(adam, grads)
         if aggregator.needs_update:  # FAMO learns its weights from the step's effect on the losses
             new_losses = task_loss({key: p.detach() for key, p in module.named_parameters()}, *task_args)
             aggregator.update(new_losses[0] if has_aux else new_losses)

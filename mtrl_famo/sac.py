@@ -170,7 +170,7 @@ class MTSAC:
         #: the agent's own random stream: actions, update noise, replay sampling (``Trainer``).
         self.generator = continue_global_stream(self.device)
         #: ``compile_mode="graph"``: the whole update as one compiled graph.
-        self._graph = GraphUpdate(self) if compile_mode == "graph" else None
+        self.graph_update = GraphUpdate(self) if compile_mode == "graph" else None
 
     def watched_metrics(self) -> dict[str, str]:
         """The ``[num_tasks]`` metrics of ``update`` that a NaN/inf anywhere in it reaches, with a hint each.
@@ -207,8 +207,8 @@ class MTSAC:
             ``losses/alpha``, ``alpha``, each ``[num_tasks]``; aggregator weights and
             gradient diagnostics where available.
         """
-        if self._graph is not None:
-            return self._graph(batch, diagnostics)
+        if self.graph_update is not None:
+            return self.graph_update(batch, diagnostics)
         k, b = batch.rewards.shape
         alpha = self.log_alpha.detach().exp().expand(k)  # [k]
         with torch.no_grad():
