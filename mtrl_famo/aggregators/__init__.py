@@ -17,11 +17,19 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from .alignedmtl import AlignedMTL
 from .base import Aggregator
 from .cagrad import CAGrad
+from .dualproj import DualProj
+from .fairgrad import FairGrad
 from .famo import FAMO
+from .gramian import MissingExtraError
+from .imtlg import IMTLG
 from .mean import Mean
+from .mgda import MGDA
+from .nashmtl import NashMTL
 from .pcgrad import PCGrad
+from .upgrad import UPGrad
 from .per_task_grads import (
     assign_flat_grad,
     flatten_grads,
@@ -36,6 +44,14 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     "famo": FAMO,
     "mean": Mean,
     "pcgrad": PCGrad,
+    # the gradient family of issue 12 (one file each; gramian.py holds what they share)
+    "alignedmtl": AlignedMTL,
+    "dualproj": DualProj,
+    "fairgrad": FairGrad,
+    "imtlg": IMTLG,
+    "mgda": MGDA,
+    "nashmtl": NashMTL,
+    "upgrad": UPGrad,
 }
 
 
@@ -54,7 +70,9 @@ def make_aggregator(name: str, num_tasks: int, **options: Any) -> Aggregator:
     :param options: the aggregator's options, e.g. ``c`` for cagrad, ``w_lr``,
         ``gamma``, ``min_losses``, ``eps`` for famo, ``seed`` for pcgrad.
     :raises ValueError: unknown name, unknown option or bad value; the message
-        names the bad value and what is allowed.
+        names the bad value and what is allowed. :class:`MissingExtraError` (a
+        ValueError) where the aggregator needs an optional package that is not installed
+        (nashmtl: ``pip install "mtrl-famo[nashmtl]"``).
     """
     cls = _lookup(name)
     allowed = aggregator_options(name)
@@ -76,10 +94,18 @@ def _lookup(name: str) -> type[Aggregator]:
 __all__ = [
     "AGGREGATORS",
     "Aggregator",
+    "AlignedMTL",
     "CAGrad",
+    "DualProj",
     "FAMO",
+    "FairGrad",
+    "IMTLG",
+    "MGDA",
     "Mean",
+    "MissingExtraError",
+    "NashMTL",
     "PCGrad",
+    "UPGrad",
     "aggregator_options",
     "assign_flat_grad",
     "flatten_grads",

@@ -26,11 +26,18 @@ from torch import Tensor
 
 from mtrl_famo.optim import fused_adam
 
+from .alignedmtl import AlignedMTL
 from .base import Aggregator
 from .cagrad import CAGrad
+from .dualproj import DualProj
+from .fairgrad import FairGrad
 from .famo import FAMO
+from .imtlg import IMTLG
 from .mean import Mean
+from .mgda import MGDA
+from .nashmtl import NashMTL
 from .pcgrad import PCGrad
+from .upgrad import UPGrad
 
 
 class StackedAggregator:
@@ -210,7 +217,28 @@ class StackedCAGrad(StackedAggregator):
         return None if weights[0] is None else torch.stack(weights)
 
 
-_STACKED = {Mean: StackedMean, FAMO: StackedFAMO, PCGrad: StackedPCGrad, CAGrad: StackedCAGrad}
+class StackedPerMember(StackedAggregator):
+    """The gradient aggregators of the zoo (MGDA, IMTL-G, Aligned-MTL, UPGrad, DualProj,
+    FairGrad, Nash-MTL) for ``N`` members: each member's own ``combine`` on its ``[k, P]``
+    slice, so a member computes exactly what a single run does (Nash-MTL's schedule and warm
+    start included). The members hold their state and weights, so there is nothing stacked to
+    load or write back. Batching the ``N`` small solves is left for a profile that asks for it.
+    """
+
+    def combine(self, G: Tensor) -> Tensor:
+        """:param G: ``[N, num_tasks, num_params]``. :returns: ``[N, num_params]``."""
+        G = self._check_matrix(G)
+        return torch.stack([member.combine(g) for member, g in zip(self.members, G)])
+
+    @property
+    def task_weights(self) -> Tensor | None:
+        """``[N, num_tasks]``, each member's last weights (None before the first ``combine``)."""
+        weights = [member.task_weights for member in self.members]
+        return None if weights[0] is None else torch.stack([w.to(weights[0].device) for w in weights])
+
+
+_STACKED = {Mean: StackedMean, FAMO: StackedFAMO, PCGrad: StackedPCGrad, CAGrad: StackedCAGrad,
+            **{cls: StackedPerMember for cls in (MGDA, IMTLG, AlignedMTL, UPGrad, DualProj, FairGrad, NashMTL)}}
 
 
 def stack_aggregators(members: list[Aggregator]) -> StackedAggregator:
