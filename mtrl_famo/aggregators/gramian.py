@@ -120,7 +120,9 @@ class GramianWeighted(Aggregator):
 
 def check_int(name: str, value: int, *, min_value: int) -> int:
     """Return ``value`` as an int, or raise ValueError naming it unless it is an integer ``>= min_value``."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer >= {min_value}, got {value!r}")
+    if not isinstance(value, int):
         try:
             value = int(value.__index__())  # numpy integers and the like
         except (AttributeError, TypeError):

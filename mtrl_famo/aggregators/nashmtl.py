@@ -17,13 +17,18 @@ INSTALL = "mtrl-famo[nashmtl]"
 class NashMTL(GramianWeighted):
     """Nash-MTL (Navon et al. 2022, "Multi-Task Learning as a Bargaining Game", Algorithm 1).
 
-    The weights ``w > 0`` solve the bargaining condition ``(Ĝ w)_i = 1 / w_i`` with ``Ĝ``
-    the Gram matrix ``G G^T`` scaled to unit Frobenius norm (as the authors' code scales it),
-    and the direction is ``G^T w``, clipped to norm ``max_norm`` (the authors clip the
+    The weights ``w > 0`` solve the bargaining condition ``(G G^T w)_i = 1 / w_i`` (the
+    paper's Eq. 2: each task's improvement ``g_i . d`` times its weight is 1), and the
+    direction is ``d = G^T w``, so ``|d|`` is of order ``sqrt(k)`` whatever the scale of ``G``
+    (the authors' solver works on ``G G^T`` scaled to unit Frobenius norm, with the scale put
+    back in its constraint, so this holds for the raw Gram matrix), clipped to norm ``max_norm`` (the authors clip the
     update with ``clip_grad_norm_``; ``0`` disables it). The weights are recomputed every
     ``update_weights_every`` calls (the authors' option; between them the last weights are
     reused, and the Gram matrix is not computed). ``task_weights`` is the weight vector
-    that multiplied ``G`` in the last call, the clipping included.
+    that multiplied ``G`` in the last call, the clipping included. One task, or ``G = 0``
+    (where no bargaining solution exists), gives ``w = 1``. Where ``G G^T`` is singular the
+    condition has no solution either and the solver's weights grow large; the clipping to
+    ``max_norm`` keeps the step bounded.
 
     Solver: TorchJD's Nash-MTL weighting, the authors' sequence of convex problems
     (``optim_niter`` of them, each a CVXPY problem solved by ECOS, warm-started from the
@@ -85,10 +90,17 @@ class NashMTL(GramianWeighted):
 
     def _solve(self, gram: Tensor) -> Tensor:
         """The bargaining weights for the CPU float64 ``gram`` ``[k, k]``."""
+        if self.num_tasks == 1 or float(gram.norm()) == 0.0:
+            # One task: (G G^T / |G G^T|) w = 1 / w is w = 1. G = 0: no bargaining solution, and
+            # the direction is 0 whatever the weights; TorchJD's solver would divide by zero.
+            return torch.ones(self.num_tasks, dtype=torch.float64)
         lam, V = torch.linalg.eigh(gram)
         root = V * lam.clamp_min(0.0).sqrt()  # root @ root.T == gram: TorchJD takes a matrix, not its Gram
-        with warnings.catch_warnings():  # CVXPY says, at every solve, that the authors' problem is not DPP
-            warnings.filterwarnings("ignore", message=".*not DPP.*")
+        with warnings.catch_warnings():
+            # CVXPY warns at every solve that the authors' problem is not DPP, and about inaccurate
+            # solutions and divisions by zero on singular Gram matrices (which the solver survives,
+            # see the class docs): noise in a training log, every update.
+            warnings.simplefilter("ignore")
             alpha = self._weighting()(root)
         return alpha.to(torch.float64)
 
