@@ -183,7 +183,7 @@ def main() -> None:
                 runs += [(agg, "vmap", True) for agg in aggregators]
             seconds = time_updates(runs, k, device, args.repeats, args.per_task_batch)
             for (aggregator, path, multi_head), sec in zip(runs, seconds):
-                shown_path = path if aggregator in ("pcgrad", "cagrad") else "-"
+                shown_path = path if AGGREGATORS[aggregator].uses_task_gradients else "-"
                 network = "multi-head" if multi_head else "shared"
                 print(f"| {device.type} | {k} | {network} | {aggregator} | {shown_path} | {sec * 1e3:.1f} | "
                       f"{sec / seconds[0]:.2f} |", flush=True)
