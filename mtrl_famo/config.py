@@ -20,8 +20,12 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 BENCHMARKS = ("mt1", "mt10", "mt50")
-AGGREGATOR_NAMES = ("mean", "famo", "pcgrad", "cagrad", "uw", "dwa", "rlw")
+AGGREGATOR_NAMES = ("mean", "famo", "pcgrad", "cagrad",
+                    "mgda", "imtlg", "alignedmtl", "upgrad", "dualproj", "fairgrad", "nashmtl",
+                    "uw", "dwa", "rlw")
 AGGREGATED_LOSSES = ("critic", "actor")
+#: ``aggregator.scale_mode`` of alignedmtl (``aggregators.alignedmtl.SCALE_MODES``).
+ALIGNED_MTL_SCALE_MODES = ("min", "median", "rmse")
 VECTOR_STRATEGIES = ("sync", "async")
 COMPILE_MODES = ("none", "task_gradients", "all", "graph")
 #: The aggregators whose update ``train.compile=graph`` captures as one graph (their
@@ -66,7 +70,8 @@ class BenchmarkConfig:
 class AggregatorConfig:
     """Options common to every aggregator; the per-aggregator schemas add theirs."""
 
-    name: str = doc("mean", "how per-task losses are combined: mean, famo, pcgrad, cagrad, uw, dwa or rlw")
+    name: str = doc("mean", "how per-task losses are combined: mean, famo, pcgrad, cagrad, mgda, imtlg, "
+                            "alignedmtl, upgrad, dualproj, fairgrad, nashmtl, uw, dwa or rlw")
     apply_to: List[str] = doc(["critic", "actor"], "which losses the aggregator combines (others use the mean)")
 
 
@@ -121,6 +126,52 @@ class RLWAggregatorConfig(AggregatorConfig):
     name: str = "rlw"
     seed: int = doc(0, "seed of RLW's own weight stream, softmax of N(0, I) (Lin et al. 2022's default; "
                        "the YAML default: the run's seed)")
+class MGDAAggregatorConfig(AggregatorConfig):
+    name: str = "mgda"  # no options: the min-norm QP is solved exactly (Sener & Koltun 2018)
+
+
+@dataclass
+class IMTLGAggregatorConfig(AggregatorConfig):
+    name: str = "imtlg"  # no options (Liu et al. 2021, IMTL-G)
+
+
+@dataclass
+class AlignedMTLAggregatorConfig(AggregatorConfig):
+    name: str = "alignedmtl"
+    scale_mode: str = doc("min", "Aligned-MTL's scale of the aligned gradients: min (Senushkin et al. 2023, "
+                                 "Algorithm 1; TorchJD's default), median, or rmse (the authors' code)")
+
+
+@dataclass
+class UPGradAggregatorConfig(AggregatorConfig):
+    name: str = "upgrad"
+    norm_eps: float = doc(1e-4, "UPGrad/DualProj: Gram trace below which G counts as zero (TorchJD "
+                                "QuadprogProjector's default)")
+    reg_eps: float = doc(1e-4, "UPGrad/DualProj: ridge on the unit-trace Gram before quadprog (TorchJD "
+                               "QuadprogProjector's default)")
+
+
+@dataclass
+class DualProjAggregatorConfig(UPGradAggregatorConfig):
+    name: str = "dualproj"
+
+
+@dataclass
+class FairGradAggregatorConfig(AggregatorConfig):
+    name: str = "fairgrad"
+    alpha: float = doc(2.0, "FairGrad's fairness exponent alpha > 0 (2.0: the authors' MT10/MT50 runs, "
+                            "OptMN-Lab/fairgrad mtrl_files/run.sh)")
+    max_iters: int = doc(0, "FairGrad's least-squares evaluations; 0 = SciPy's default 100 k (TorchJD FairGrad)")
+
+
+@dataclass
+class NashMTLAggregatorConfig(AggregatorConfig):
+    name: str = "nashmtl"
+    update_weights_every: int = doc(1, "Nash-MTL: recompute the weights every N updates (authors' default 1, "
+                                       "AvivNavon/nash-mtl experiments/utils.py)")
+    optim_niter: int = doc(20, "Nash-MTL: convex problems per recomputation (authors' default 20)")
+    max_norm: float = doc(1.0, "Nash-MTL: clip the update to this norm, 0 = off (authors' default 1.0, "
+                               "methods/weight_methods.py)")
 
 
 AGGREGATOR_SCHEMAS = {
@@ -128,6 +179,13 @@ AGGREGATOR_SCHEMAS = {
     "famo": FamoAggregatorConfig,
     "pcgrad": PCGradAggregatorConfig,
     "cagrad": CAGradAggregatorConfig,
+    "mgda": MGDAAggregatorConfig,
+    "imtlg": IMTLGAggregatorConfig,
+    "alignedmtl": AlignedMTLAggregatorConfig,
+    "upgrad": UPGradAggregatorConfig,
+    "dualproj": DualProjAggregatorConfig,
+    "fairgrad": FairGradAggregatorConfig,
+    "nashmtl": NashMTLAggregatorConfig,
     "uw": UWAggregatorConfig,
     "dwa": DWAAggregatorConfig,
     "rlw": RLWAggregatorConfig,
@@ -302,11 +360,17 @@ def validate(cfg: Config) -> Config:
     _require(len(a.apply_to) > 0, f"aggregator.apply_to=[] leaves {a.name} nothing to combine; allowed: a "
                                   f"non-empty list of {', '.join(AGGREGATED_LOSSES)}")
     for key, low, strict in (("c", 0.0, False), ("w_lr", 0.0, True), ("gamma", 0.0, False), ("eps", 0.0, True),
-                             ("lr", 0.0, True), ("temperature", 0.0, True)):
+                             ("lr", 0.0, True), ("temperature", 0.0, True),
+                             ("norm_eps", 0.0, False), ("reg_eps", 0.0, True), ("alpha", 0.0, True),
+                             ("max_iters", 0, False), ("update_weights_every", 1, False), ("optim_niter", 1, False),
+                             ("max_norm", 0.0, False)):
         if hasattr(a, key):
             value = getattr(a, key)
             _require(value > low if strict else value >= low,
                      f"aggregator.{key}={value} must be {'>' if strict else '>='} {low:g}")
+    if hasattr(a, "scale_mode"):
+        _require(a.scale_mode in ALIGNED_MTL_SCALE_MODES,
+                 f"aggregator.scale_mode={a.scale_mode!r}; allowed: {', '.join(ALIGNED_MTL_SCALE_MODES)}")
     for loss in a.apply_to:
         _require(loss in AGGREGATED_LOSSES,
                  f"aggregator.apply_to has {loss!r}; allowed: {', '.join(AGGREGATED_LOSSES)}")

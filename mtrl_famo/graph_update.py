@@ -24,8 +24,6 @@ compiled once, at the first update that needs it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
@@ -33,14 +31,11 @@ from mtrl_famo.aggregators.per_task_grads import gradient_diagnostic_tensors, pe
 from mtrl_famo.buffer import Batch
 from mtrl_famo.optim import AdamTensors, adam_step_, adam_tensors
 
-if TYPE_CHECKING:  # the agent builds this class: no import circle at run time
-    from mtrl_famo.sac import MTSAC
-
 
 class GraphUpdate:
     """``agent.update(batch, diagnostics)`` as one ``torch.compile`` graph per ``diagnostics`` value.
 
-    :param agent: the agent whose networks, optimizers, temperatures and aggregators the
+    :param agent: the :class:`~mtrl_famo.sac.MTSAC` whose networks, optimizers, temperatures and aggregators the
         update reads and writes in place; its aggregators must have the compiled form
         (``config.GRAPH_AGGREGATORS``), and their immediate checks are switched off (a
         check reads a flag back from the device; the training loop's
@@ -48,7 +43,7 @@ class GraphUpdate:
     :param backend: ``torch.compile``'s backend (tests use ``aot_eager``, which compiles faster).
     """
 
-    def __init__(self, agent: "MTSAC", backend="inductor"):
+    def __init__(self, agent, backend="inductor"):
         self.agent = agent
         for aggregator in agent.aggregators.values():
             aggregator.immediate_checks = False

@@ -257,10 +257,27 @@ def check_machine(cfg: Config) -> None:
         index = cfg.device.partition(":")[2]
         if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
             raise ConfigError(f"device={cfg.device!r}; allowed: cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    check_aggregator(cfg)
     cores = os.cpu_count() or 1
     if cfg.train.torch_threads > cores:
         raise ConfigError(f"train.torch_threads={cfg.train.torch_threads} is more than the {cores} CPU cores here; "
                           f"allowed: 0 (automatic) to {cores}")
+
+
+def check_aggregator(cfg: Config) -> None:
+    """Build the run's aggregator once: its own option checks, and the optional packages it needs
+    (nashmtl: CVXPY), before any environment is built.
+
+    :raises ConfigError: one line, naming the bad value or the ``pip install`` that is missing.
+    """
+    from mtrl_famo.aggregators import make_aggregator
+    from mtrl_famo.config import TASKS_PER_BENCHMARK, aggregator_options
+
+    try:
+        make_aggregator(cfg.aggregator.name, num_tasks=TASKS_PER_BENCHMARK[cfg.benchmark.name],
+                        **aggregator_options(cfg.aggregator))
+    except ValueError as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None
 
 
 def _holds_foreign_files(run_dir: Path) -> bool:

@@ -11,9 +11,11 @@ gradient paths, so the speed-up of the one-pass (vmap) path is visible:
 - ``full-graph``: k backward passes through the whole batch's graph, as the published
   PCGrad/CAGrad code for MTRL does.
 
-Every registered aggregator gets a row (DWA fed two windows of losses first, so that its
-row times the steady state, not the warm-up). Targets: famo <= 1.05x mean; pcgrad and
-cagrad <= 1.3x mean at k=10, <= 1.6x at k=50.
+``--aggregators`` picks the rows (default: every registered aggregator, the zoo of issue 12
+included; DWA is fed two windows of losses first, so that its row times the steady state,
+not the warm-up).
+
+Targets: famo <= 1.05x mean; pcgrad and cagrad <= 1.3x mean at k=10, <= 1.6x at k=50.
 
 ``--combine`` times one ``combine(G)`` instead, on the critic's ``[k, P]`` gradient
 matrix, for PCGrad and CAGrad before (the host implementations in
@@ -31,12 +33,13 @@ can queue the rest of the update meanwhile.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import time
 
 import torch
 
-from mtrl_famo.aggregators import make_aggregator
+from mtrl_famo.aggregators import AGGREGATORS, make_aggregator
 from mtrl_famo.aggregators.per_task_grads import per_task_gradients, per_task_gradients_loop
 from mtrl_famo.aggregators.reference import HostCAGrad, HostPCGrad
 from mtrl_famo.buffer import Batch
@@ -45,6 +48,11 @@ from mtrl_famo.networks import TwinQ
 from mtrl_famo.sac import MTSAC
 
 OBS_DIM, ACT_DIM = 39, 4
+#: every registered aggregator, mean first (the ratios are to it), then the original four, then the zoo;
+#: nashmtl only where its optional extra (CVXPY) is installed.
+BENCHED = ["mean", "famo", "pcgrad", "cagrad"] + [
+    name for name in AGGREGATORS if name not in ("mean", "famo", "pcgrad", "cagrad")
+    and (name != "nashmtl" or importlib.util.find_spec("cvxpy") is not None)]
 
 
 def per_task_gradients_full_graph(module, loss_fn, task_args, params=None, *, return_losses=False, has_aux=False):
@@ -112,6 +120,8 @@ def time_combines(k: int, device: torch.device, repeats: int) -> list[tuple[str,
     G = (torch.randn(k, num_params, generator=gen) + 0.5 * torch.randn(1, num_params, generator=gen)).to(device)
     settings = [("pcgrad", "before (host)", HostPCGrad(k)), ("pcgrad", "after (device)", make_aggregator("pcgrad", k)),
                 ("cagrad", "before (host)", HostCAGrad(k)), ("cagrad", "after (device)", make_aggregator("cagrad", k))]
+    settings += [(name, "zoo", make_aggregator(name, k)) for name in BENCHED if name not in ("mean", "famo", "pcgrad",
+                                                                                          "cagrad")]
     for _, _, agg in settings:
         agg.immediate_checks = False  # as in training: the loop's deferred NaN/inf watch
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -144,6 +154,9 @@ def main() -> None:
     parser.add_argument("--combine", action="store_true",
                         help="time one combine(G) of PCGrad and CAGrad, host solvers (before) vs device (after)")
     parser.add_argument("--device", nargs="+", default=None, help="default: cpu, and cuda when present")
+    parser.add_argument("--aggregators", nargs="+", default=list(BENCHED), choices=sorted(AGGREGATORS),
+                        help="which aggregators (mean first: the ratios are to the first one); default: all "
+                             "(nashmtl only where CVXPY is installed)")
     parser.add_argument("--no-multi-head", action="store_true",
                         help="skip the rows with multi-head networks (agent.multi_head=true, Meta-World+ MTMHSAC)")
     args = parser.parse_args()
@@ -167,15 +180,15 @@ def main() -> None:
     print("|---|---:|---|---|---|---:|---:|")
     for device in devices:
         for k in args.tasks:
-            aggregators = tuple(AGGREGATOR_SCHEMAS)  # every registered aggregator, mean first
+            aggregators = tuple(args.aggregators)
             runs = [(agg, "vmap", False) for agg in aggregators]
             naive = ["loop"] + (["full-graph"] if k in args.full_graph_tasks else [])
-            runs += [(agg, path, False) for agg in ("pcgrad", "cagrad") for path in naive]
+            runs += [(agg, path, False) for agg in ("pcgrad", "cagrad") if agg in aggregators for path in naive]
             if not args.no_multi_head:  # Meta-World+ MTMHSAC: one output layer per task (agent.multi_head)
                 runs += [(agg, "vmap", True) for agg in aggregators]
             seconds = time_updates(runs, k, device, args.repeats, args.per_task_batch)
             for (aggregator, path, multi_head), sec in zip(runs, seconds):
-                shown_path = path if make_aggregator(aggregator, k).uses_task_gradients else "-"
+                shown_path = path if AGGREGATORS[aggregator].uses_task_gradients else "-"
                 network = "multi-head" if multi_head else "shared"
                 print(f"| {device.type} | {k} | {network} | {aggregator} | {shown_path} | {sec * 1e3:.1f} | "
                       f"{sec / seconds[0]:.2f} |", flush=True)

@@ -130,11 +130,15 @@ def test_pcgrad_non_conflicting_for_two_tasks(matrix: str) -> None:
 
 
 def test_registry_and_families() -> None:
-    assert sorted(AGGREGATORS) == ["cagrad", "dwa", "famo", "mean", "pcgrad", "rlw", "uw"]
-    uses_g = {name: make_aggregator(name, 3).uses_task_gradients for name in AGGREGATORS}
+    from mtrl_famo.config import AGGREGATOR_NAMES, AGGREGATOR_SCHEMAS
+
+    # Every registered aggregator has a config name and schema (the zoo's own: test_aggregator_zoo.py).
+    assert sorted(AGGREGATORS) == sorted(AGGREGATOR_NAMES) == sorted(AGGREGATOR_SCHEMAS)
+    base = ("cagrad", "dwa", "famo", "mean", "pcgrad", "rlw", "uw")
+    uses_g = {name: make_aggregator(name, 3).uses_task_gradients for name in base}
     assert uses_g == {"cagrad": True, "dwa": False, "famo": False, "mean": False, "pcgrad": True, "rlw": False,
                       "uw": False}
-    needs_update = {name: make_aggregator(name, 3).needs_update for name in AGGREGATORS}
+    needs_update = {name: make_aggregator(name, 3).needs_update for name in base}
     assert needs_update == {"cagrad": False, "dwa": False, "famo": True, "mean": False, "pcgrad": False,
                             "rlw": False, "uw": False}
     assert aggregator_options("famo") == ("w_lr", "gamma", "min_losses", "eps")
@@ -523,7 +527,7 @@ def test_loss_and_gradient_families_refuse_the_other_call() -> None:
 
 
 def test_unknown_aggregator_names_the_value_and_the_allowed() -> None:
-    allowed = ", ".join(sorted(AGGREGATORS))
+    allowed = ", ".join(sorted(AGGREGATORS))  # alignedmtl, cagrad, dualproj, ...
     with pytest.raises(ValueError, match=re.escape(f"unknown aggregator 'foo'; allowed: {allowed}")):
         make_aggregator("foo", 3)
 

@@ -12,6 +12,7 @@ import torch
 from conftest import TINY, assert_usage_error, run_cli
 from mtrl_famo.aggregators import AGGREGATORS
 from test_envs import MT10_TASKS
+from mtrl_famo.config import AGGREGATOR_NAMES
 
 
 def test_train_writes_events_checkpoint_and_results(tiny_mt10_run):

@@ -17,12 +17,22 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from .alignedmtl import AlignedMTL
 from .base import Aggregator
 from .cagrad import CAGrad
 from .dwa import DWA
+from .dualproj import DualProj
+from .fairgrad import FairGrad
 from .famo import FAMO
+from .gramian import MissingExtraError
+from .imtlg import IMTLG
 from .mean import Mean
+from .mgda import MGDA
+from .nashmtl import NashMTL
 from .pcgrad import PCGrad
+from .rlw import RLW
+from .upgrad import UPGrad
+from .uw import UW
 from .per_task_grads import (
     assign_flat_grad,
     flatten_grads,
@@ -30,8 +40,6 @@ from .per_task_grads import (
     per_task_gradients,
     per_task_gradients_loop,
 )
-from .rlw import RLW
-from .uw import UW
 
 #: name -> aggregator class; ``make_aggregator`` looks names up here.
 AGGREGATORS: dict[str, type[Aggregator]] = {
@@ -42,6 +50,14 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     "pcgrad": PCGrad,
     "rlw": RLW,
     "uw": UW,
+    # the gradient family of issue 12 (one file each; gramian.py holds what they share)
+    "alignedmtl": AlignedMTL,
+    "dualproj": DualProj,
+    "fairgrad": FairGrad,
+    "imtlg": IMTLG,
+    "mgda": MGDA,
+    "nashmtl": NashMTL,
+    "upgrad": UPGrad,
 }
 
 
@@ -61,7 +77,9 @@ def make_aggregator(name: str, num_tasks: int, **options: Any) -> Aggregator:
         ``gamma``, ``min_losses``, ``eps`` for famo, ``seed`` for pcgrad and rlw,
         ``lr`` for uw, ``temperature``, ``window`` for dwa.
     :raises ValueError: unknown name, unknown option or bad value; the message
-        names the bad value and what is allowed.
+        names the bad value and what is allowed. :class:`MissingExtraError` (a
+        ValueError) where the aggregator needs an optional package that is not installed
+        (nashmtl: ``pip install "mtrl-famo[nashmtl]"``).
     """
     cls = _lookup(name)
     allowed = aggregator_options(name)
@@ -83,13 +101,21 @@ def _lookup(name: str) -> type[Aggregator]:
 __all__ = [
     "AGGREGATORS",
     "Aggregator",
+    "AlignedMTL",
     "CAGrad",
     "DWA",
+    "DualProj",
     "FAMO",
+    "FairGrad",
+    "IMTLG",
+    "MGDA",
     "Mean",
+    "MissingExtraError",
+    "NashMTL",
     "PCGrad",
     "RLW",
     "UW",
+    "UPGrad",
     "aggregator_options",
     "assign_flat_grad",
     "flatten_grads",

@@ -26,14 +26,21 @@ from torch import Tensor
 
 from mtrl_famo.optim import fused_adam
 
+from .alignedmtl import AlignedMTL
 from .base import Aggregator
 from .cagrad import CAGrad
 from .dwa import DWA
+from .dualproj import DualProj
+from .fairgrad import FairGrad
 from .famo import FAMO
+from .imtlg import IMTLG
 from .mean import Mean
+from .mgda import MGDA
+from .nashmtl import NashMTL
 from .pcgrad import PCGrad
 from .rlw import RLW
 from .uw import UW
+from .upgrad import UPGrad
 
 
 class StackedAggregator:
@@ -215,15 +222,26 @@ class StackedCAGrad(StackedAggregator):
 
 
 class StackedPerMember(StackedAggregator):
-    """Any loss-weighting aggregator for ``N`` members, member by member: row ``i`` of the
-    ``[N, num_tasks]`` losses goes to member ``i``'s own ``combine_losses`` (and ``update``),
-    so each member computes exactly what a single run does and its state stays in the
-    member object (nothing to load or write back). Used for UW, DWA and RLW, whose
-    per-call work is ``O(num_tasks)`` small operations, so batching it buys little.
+    """Any aggregator for ``N`` members, member by member: member ``i``'s own ``combine`` on
+    its ``[k, P]`` slice, or its own ``combine_losses`` (and ``update``) on its row of the
+    ``[N, num_tasks]`` losses. Each member computes exactly what a single run does (Nash-MTL's
+    schedule and warm start, RLW's stream included) and keeps its state, so there is nothing
+    stacked to load or write back. Used for the zoo of issue 12 (UW, DWA, RLW: ``O(num_tasks)``
+    work per call; MGDA, IMTL-G, Aligned-MTL, UPGrad, DualProj, FairGrad, Nash-MTL: small
+    ``[k, k]`` solves); batching them is left for a profile that asks for it.
     """
+
+    def combine(self, G: Tensor) -> Tensor:
+        """:param G: ``[N, num_tasks, num_params]``. :returns: ``[N, num_params]``."""
+        if not self.uses_task_gradients:
+            return super().combine(G)
+        G = self._check_matrix(G)
+        return torch.stack([member.combine(g) for member, g in zip(self.members, G)])
 
     def combine_losses(self, losses: Tensor) -> Tensor:
         """:param losses: ``[N, num_tasks]``. :returns: ``[N]``, member ``i``'s scalar."""
+        if self.uses_task_gradients:
+            return super().combine_losses(losses)
         losses = self._check_losses(losses)
         return torch.stack([member.combine_losses(row) for member, row in zip(self.members, losses)])
 
@@ -237,12 +255,13 @@ class StackedPerMember(StackedAggregator):
     def task_weights(self) -> Tensor | None:
         """``[N, num_tasks]``, each member's ``task_weights`` (None while a member has none)."""
         weights = [member.task_weights for member in self.members]
-        return None if any(w is None for w in weights) else torch.stack(weights)
+        return None if any(w is None for w in weights) else torch.stack([w.to(weights[0].device) for w in weights])
 
 
 _SEEDED = (PCGrad, RLW)
 _STACKED = {Mean: StackedMean, FAMO: StackedFAMO, PCGrad: StackedPCGrad, CAGrad: StackedCAGrad,
-            UW: StackedPerMember, DWA: StackedPerMember, RLW: StackedPerMember}
+            **{cls: StackedPerMember for cls in (UW, DWA, RLW, MGDA, IMTLG, AlignedMTL, UPGrad, DualProj, FairGrad,
+                                                 NashMTL)}}
 
 
 def stack_aggregators(members: list[Aggregator]) -> StackedAggregator:
