@@ -60,7 +60,7 @@ class GraphUpdate:
         k, b = batch.rewards.shape
         noise_shape = (k, b, agent.act_dim)
         # Drawn in the eager update's order: target noise, actor noise, then the aggregators' draws.
-        next_noise = torch.randn(noise_shape, generator=agent.generator, device=agent.device)
+        next_noise = torch.randn(noise_shape, generator=agent.generator, device=agent.device)  # as sample_noise
         noise = torch.randn(noise_shape, generator=agent.generator, device=agent.device)
         drawn = {name: aggregator.graph_inputs(agent.device) for name, aggregator in agent.aggregators.items()}
         # Read at every call: loading a checkpoint replaces the optimizers' state tensors.

@@ -56,7 +56,7 @@ class CAGrad(Aggregator):
         G = self._check_matrix(G, check_values=False)
         gram = gram_matrix(G, check=self.immediate_checks)  # [k, k] float64, on G's device
         w, coef, gap, gw_norm = torch.ops.mtrl_famo.cagrad_solve(gram, self.c, self.iterations)
-        self.solver_info.update(gap=gap, gw_norm=gw_norm)
+        self.solver_info = {"gap": gap, "gw_norm": gw_norm}  # a new dict: a compiled update need not read the old
         self._weights = w
         if self.c == 0.0:
             return G.mean(dim=0)

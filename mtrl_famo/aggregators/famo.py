@@ -60,6 +60,7 @@ class FAMO(Aggregator):
         self.min_losses = _min_losses_tensor(min_losses, self.num_tasks)
         self.logits = torch.zeros(self.num_tasks, requires_grad=True)
         self._optimizer = fused_adam([self.logits], lr=self.w_lr, weight_decay=self.gamma)
+        adam_tensors(self._optimizer)  # its state exists from the start: a compiled update need not create it
         self._prev_losses: Tensor | None = None  # detached l of the last combine_losses
         self._loss_weights: Tensor | None = None  # lambda of the last combine_losses
 
@@ -143,6 +144,7 @@ class FAMO(Aggregator):
         self._optimizer = fused_adam([self.logits], lr=self.w_lr, weight_decay=self.gamma)
         self.min_losses = self.min_losses.to(device)
         self.load_state_dict(state)
+        adam_tensors(self._optimizer)
         return self
 
     def __repr__(self) -> str:
