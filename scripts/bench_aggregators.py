@@ -120,8 +120,8 @@ def time_combines(k: int, device: torch.device, repeats: int) -> list[tuple[str,
     G = (torch.randn(k, num_params, generator=gen) + 0.5 * torch.randn(1, num_params, generator=gen)).to(device)
     settings = [("pcgrad", "before (host)", HostPCGrad(k)), ("pcgrad", "after (device)", make_aggregator("pcgrad", k)),
                 ("cagrad", "before (host)", HostCAGrad(k)), ("cagrad", "after (device)", make_aggregator("cagrad", k))]
-    settings += [(name, "zoo", make_aggregator(name, k)) for name in BENCHED if name not in ("mean", "famo", "pcgrad",
-                                                                                          "cagrad")]
+    settings += [(name, "zoo", make_aggregator(name, k)) for name in BENCHED
+                 if name not in ("pcgrad", "cagrad") and AGGREGATORS[name].uses_task_gradients]
     for _, _, agg in settings:
         agg.immediate_checks = False  # as in training: the loop's deferred NaN/inf watch
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("--strategy", nargs="+", default=["sync"], choices=["sync", "async"],
                         help="vector env strategies, measured side by side")
     parser.add_argument("--device", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-    parser.add_argument("--compile", nargs="*", default=[], choices=["task_gradients", "all"],
+    parser.add_argument("--compile", nargs="*", default=[], choices=["task_gradients", "all", "graph"],
                         help="also measure with these train.compile modes")
     parser.add_argument("--population", type=int, default=0, metavar="N",
                         help="compare a population of N seeds with N single runs instead")

@@ -2,9 +2,10 @@
 # One command that measures a GPU machine and writes docs/results/gpu/<device-name>.md:
 #   1. the CUDA tests (pytest -k cuda),
 #   2. bench_aggregators (per-update time, and per-combine host/device time) at k=10 and k=50,
-#   3. bench_throughput (async envs, eager and compiled, MT10 and MT50),
-#   4. profile_update on CUDA (k=10),
-#   5. a timed MT10 training run of a few minutes and its projected full-run (2M steps/task) time.
+#   3. graph_report (train.compile=graph: graph breaks, graphs, recompiles, eager vs one graph),
+#   4. bench_throughput (async envs, eager and the one-graph update, MT10 and MT50),
+#   5. profile_update on CUDA (k=10),
+#   6. a timed MT10 training run of a few minutes and its projected full-run (2M steps/task) time.
 # Each step has its own time limit; the whole report stays under 9 minutes. A step that fails
 # or runs out of time is reported as such and the report goes on.
 #
@@ -91,15 +92,17 @@ if [ "$DRY_RUN" = 1 ]; then
   section "Combine: host solvers (before) vs device (after)" 60 python scripts/bench_aggregators.py --combine --device cpu --tasks 2 --repeats 1
   section "Throughput (async envs)" 240 python scripts/bench_throughput.py "${TINY[@]}" --device cpu --benchmarks mt10 --aggregators mean --strategy async --steps 1
   section "Profile of one update" 120 python scripts/profile_update.py --device cpu --tasks 2 --aggregators mean --updates 1
+  section "One-graph update (train.compile=graph)" 180 python scripts/graph_report.py --device cpu --tasks 2 --aggregators mean --updates 2 --hidden 32 32
   RUN_STEPS=200; RUN_WARMUP=100; RUN_LIMIT=240
 else
-  section "CUDA tests" 90 python -m pytest -q tests -k cuda
-  section "Update time per aggregator" 75 python scripts/bench_aggregators.py --device cuda --tasks 10 50 --repeats 10 --full-graph-tasks
+  section "CUDA tests" 60 python -m pytest -q tests -k cuda
+  section "Update time per aggregator" 60 python scripts/bench_aggregators.py --device cuda --tasks 10 50 --repeats 10 --full-graph-tasks --aggregators mean famo pcgrad cagrad
   section "Combine: host solvers (before) vs device (after)" 30 python scripts/bench_aggregators.py --combine --device cuda --tasks 10 50 --repeats 30
-  section "Throughput, MT10 (async envs, eager and compiled)" 75 python scripts/bench_throughput.py --device cuda --benchmarks mt10 --aggregators mean pcgrad --strategy async --steps 30 --compile all
-  section "Throughput, MT50 (async envs, eager and compiled)" 90 python scripts/bench_throughput.py --device cuda --benchmarks mt50 --aggregators mean --strategy async --steps 20 --compile all
-  section "Profile of one update (CUDA, k=10)" 45 python scripts/profile_update.py --device cuda --tasks 10 --updates 10
-  RUN_STEPS=150000; RUN_WARMUP=20000; RUN_LIMIT=150
+  section "One-graph update (train.compile=graph, CUDA graphs)" 90 python scripts/graph_report.py --device cuda --tasks 10 --aggregators mean pcgrad --updates 30
+  section "Throughput, MT10 (async envs, eager and compiled)" 75 python scripts/bench_throughput.py --device cuda --benchmarks mt10 --aggregators mean pcgrad --strategy async --steps 30 --compile graph
+  section "Throughput, MT50 (async envs, eager and compiled)" 60 python scripts/bench_throughput.py --device cuda --benchmarks mt50 --aggregators mean --strategy async --steps 20 --compile graph
+  section "Profile of one update (CUDA, k=10)" 30 python scripts/profile_update.py --device cuda --tasks 10 --updates 10
+  RUN_STEPS=150000; RUN_WARMUP=20000; RUN_LIMIT=120
 fi
 
 # A timed MT10 run: environment steps over all tasks (10 per vector step); its projected
