@@ -24,6 +24,8 @@ compiled once, at the first update that needs it.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -48,6 +50,8 @@ class GraphUpdate:
         for aggregator in agent.aggregators.values():
             aggregator.immediate_checks = False
         self.cuda_graphs = agent.device.type == "cuda"
+        # torch's own compiler code warns about its internal deprecations, once per compile, on the user's terminal.
+        warnings.filterwarnings("ignore", message=".*torch._prims_common.check.*", category=FutureWarning)
         mode = "reduce-overhead" if self.cuda_graphs and backend == "inductor" else None
         self._compiled = {
             diagnostics: torch.compile(self._update if diagnostics else self._update_plain, fullgraph=True,

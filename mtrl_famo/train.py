@@ -101,9 +101,13 @@ class LearningSpeed:
 
     def start(self, step: int) -> None:
         self.start_step, self.clock = step, time.perf_counter()
+        self.first_seen = False
 
     def observe(self, step: int) -> None:
         if self.done or self.start_step is None:
+            return
+        if not self.first_seen:  # leave out the first learning step: its update compiles (train.compile)
+            self.start_step, self.clock, self.first_seen = step, time.perf_counter(), True
             return
         elapsed = time.perf_counter() - self.clock
         if elapsed < self.MIN_SECONDS or step == self.start_step:
