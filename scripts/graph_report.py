@@ -12,7 +12,7 @@ For each aggregator, side by side in one run on a random task-grouped batch:
   their ratio (on CUDA the graph update is replayed as a CUDA graph).
 
     python scripts/graph_report.py [--device cpu|cuda] [--tasks 10] [--aggregators mean famo pcgrad cagrad]
-                                   [--updates 20] [--hidden 400 400 400]
+                                   [--updates 20] [--hidden 400 400 400] [--backend inductor]
 """
 
 from __future__ import annotations
@@ -25,15 +25,20 @@ import torch
 from torch._dynamo.utils import counters
 
 from bench_aggregators import ACT_DIM, OBS_DIM, random_batch
-from mtrl_famo.config import AGGREGATOR_SCHEMAS, GRAPH_AGGREGATORS, AgentConfig
+from mtrl_famo.config import AGGREGATOR_SCHEMAS, CRITIC_ONLY_AGGREGATORS, GRAPH_AGGREGATORS, AgentConfig
+from mtrl_famo.graph_update import GraphUpdate
 from mtrl_famo.sac import MTSAC
 
 
-def make_agent(aggregator: str, k: int, hidden: list[int], device: torch.device, mode: str) -> MTSAC:
+def make_agent(aggregator: str, k: int, hidden: list[int], device: torch.device, backend: str | None) -> MTSAC:
+    """The eager agent (``backend`` None) or the ``train.compile=graph`` one compiled with ``backend``."""
     torch.manual_seed(0)
-    apply_to = ["critic"] if aggregator == "famo" else ["critic", "actor"]
-    return MTSAC(OBS_DIM + k, ACT_DIM, k, AgentConfig(hidden_sizes=hidden), AGGREGATOR_SCHEMAS[aggregator](
-        apply_to=apply_to), device, immediate_checks=False, compile_mode=mode)
+    apply_to = ["critic"] if aggregator in CRITIC_ONLY_AGGREGATORS else ["critic", "actor"]
+    agent = MTSAC(OBS_DIM + k, ACT_DIM, k, AgentConfig(hidden_sizes=hidden), AGGREGATOR_SCHEMAS[aggregator](
+        apply_to=apply_to), device, immediate_checks=False)
+    if backend is not None:
+        agent.graph_update = GraphUpdate(agent, backend=backend)
+    return agent
 
 
 def timed(agent: MTSAC, batch, device: torch.device, diagnostics: bool = False) -> float:
@@ -46,13 +51,13 @@ def timed(agent: MTSAC, batch, device: torch.device, diagnostics: bool = False) 
     return time.perf_counter() - start
 
 
-def report(aggregator: str, k: int, hidden: list[int], device: torch.device, updates: int) -> str:
+def report(aggregator: str, k: int, hidden: list[int], device: torch.device, updates: int, backend: str) -> str:
     batch = random_batch(k, 128, device)
-    eager = make_agent(aggregator, k, hidden, device, "none")
+    eager = make_agent(aggregator, k, hidden, device, None)
     explained = torch._dynamo.explain(eager.update)(batch)
     torch._dynamo.reset()
     counters.clear()
-    graph = make_agent(aggregator, k, hidden, device, "graph")
+    graph = make_agent(aggregator, k, hidden, device, backend)
     compile_s = timed(graph, batch, device) + timed(graph, batch, device, diagnostics=True)
     eager_s, graph_s = [], []
     for i in range(updates):
@@ -73,6 +78,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=20, help="timed updates of each path (every 5th with diagnostics)")
     parser.add_argument("--hidden", type=int, nargs="+", default=[400, 400, 400], help="hidden layer widths")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend (aot_eager: a quick check)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -81,7 +87,7 @@ def main() -> None:
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for k in args.tasks:
         for aggregator in args.aggregators:
-            print(report(aggregator, k, args.hidden, device, args.updates), flush=True)
+            print(report(aggregator, k, args.hidden, device, args.updates, args.backend), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from conftest import TINY, assert_usage_error, run_cli
 from mtrl_famo.buffer import Batch
-from mtrl_famo.config import AGGREGATOR_SCHEMAS, AgentConfig
+from mtrl_famo.config import AGGREGATOR_SCHEMAS, CRITIC_ONLY_AGGREGATORS, AgentConfig
 from mtrl_famo.graph_update import GraphUpdate
 from mtrl_famo.sac import MTSAC
 
@@ -38,7 +38,7 @@ def random_batches(n: int) -> list[Batch]:
 def make_agent(aggregator: str, options: str = "plain", backend=None) -> MTSAC:
     """An agent seeded alike every time; with ``backend``, its update is the compiled graph."""
     torch.manual_seed(0)
-    apply_to = ["critic"] if aggregator == "famo" else ["critic", "actor"]
+    apply_to = ["critic"] if aggregator in CRITIC_ONLY_AGGREGATORS else ["critic", "actor"]
     agent = MTSAC(OBS, ACT, K, AgentConfig(hidden_sizes=[32, 32], **OPTIONS[options]),
                   AGGREGATOR_SCHEMAS[aggregator](apply_to=apply_to), immediate_checks=False)
     if backend is not None:
@@ -72,7 +72,7 @@ def assert_same(eager: dict[str, torch.Tensor], graph: dict[str, torch.Tensor]) 
 
 @pytest.mark.parametrize("aggregator, options", [("mean", "options"), ("famo", "plain"),
                                                  ("pcgrad", "plain"), ("cagrad", "options"), ("imtlg", "plain"),
-                                                 ("alignedmtl", "plain")])
+                                                 ("alignedmtl", "plain"), ("uw", "plain")])
 def test_graph_update_equals_eager_and_compiles_once_per_diagnostics_value(aggregator, options):
     eager = make_agent(aggregator, options)
     counter = CompileCounterWithBackend("aot_eager")

@@ -308,7 +308,7 @@ def test_uw_and_dwa_on_the_actor_are_refused_at_config_time(tmp_path, name):
 
 
 # ---------------------------------------------------------------------------- end to end
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ["dwa", "rlw"])  # uw's update through MT-SAC: test_graph_update (CI time)
 def test_trains_on_mt10_and_logs_its_weights(tmp_path, name):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

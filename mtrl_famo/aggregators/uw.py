@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtrl_famo.optim import fused_adam, load_fused_adam_state
+from mtrl_famo.optim import adam_step_, adam_tensors, fused_adam, load_fused_adam_state
 
 from .base import Aggregator, check_float
 
@@ -63,6 +63,7 @@ class UW(Aggregator):
         self.lr = check_float("lr", lr, min_value=0.0, strict=True)
         self.log_vars = torch.zeros(self.num_tasks, requires_grad=True)  # s, [num_tasks]
         self._optimizer = fused_adam([self.log_vars], lr=self.lr)
+        adam_tensors(self._optimizer)  # its state exists from the start: a compiled update need not create it
 
     def combine_losses(self, losses: Tensor) -> Tensor:
         """:param losses: ``[num_tasks]`` non-negative task losses.
@@ -77,10 +78,9 @@ class UW(Aggregator):
                              f"tasks {bad} have losses {[round(float(losses[i]), 6) for i in bad]}")
         s = self.log_vars.detach().to(losses.device)
         combined = (torch.exp(-s) * losses).sum() + s.sum()
-        grad = self.log_var_gradient(losses.detach())
-        self.log_vars.grad = grad.to(self.log_vars.device)
-        self._optimizer.step()
-        self.log_vars.grad = None
+        self._loss_weights = torch.exp(-s)
+        # The Adam step on s, on the optimizer's own state (no optimizer.step(): a compiled update traces this).
+        adam_step_(adam_tensors(self._optimizer), [self.log_var_gradient(losses.detach()).to(self.log_vars.device)])
         return combined
 
     def log_var_gradient(self, losses: Tensor) -> Tensor:
@@ -90,6 +90,11 @@ class UW(Aggregator):
         :param losses: ``[num_tasks]`` task losses (detached).
         """
         return 1.0 - torch.exp(-self.log_vars.detach().to(losses.device)) * losses
+
+    @property
+    def loss_weights(self) -> Tensor | None:
+        """``[num_tasks]``, ``exp(-s)`` of the last ``combine_losses`` (before its step on ``s``)."""
+        return getattr(self, "_loss_weights", None)
 
     @property
     def task_weights(self) -> Tensor:
@@ -116,6 +121,7 @@ class UW(Aggregator):
         self.log_vars = torch.zeros(self.num_tasks, device=device, requires_grad=True)
         self._optimizer = fused_adam([self.log_vars], lr=self.lr)
         self.load_state_dict(state)
+        adam_tensors(self._optimizer)
         return self
 
     def __repr__(self) -> str:
