@@ -24,6 +24,9 @@ compiled once, at the first update that needs it.
 
 from __future__ import annotations
 
+import functools
+import itertools
+import types
 import warnings
 
 import torch
@@ -32,6 +35,8 @@ from torch import Tensor
 from mtrl_famo.aggregators.per_task_grads import gradient_diagnostic_tensors, per_task_gradients
 from mtrl_famo.buffer import Batch
 from mtrl_famo.optim import AdamTensors, adam_step_, adam_tensors
+
+_INSTANCES = itertools.count()
 
 
 class GraphUpdate:
@@ -53,10 +58,17 @@ class GraphUpdate:
         # torch's own compiler code warns about its internal deprecations, once per compile, on the user's terminal.
         warnings.filterwarnings("ignore", message=".*torch._prims_common.check.*", category=FutureWarning)
         mode = "reduce-overhead" if self.cuda_graphs and backend == "inductor" else None
-        self._compiled = {
-            diagnostics: torch.compile(self._update if diagnostics else self._update_plain, fullgraph=True,
-                                       dynamic=False, backend=backend, mode=mode)
-            for diagnostics in (False, True)}
+        # torch.compile caches compiled code per code object, up to 8 entries (``recompile_limit``),
+        # and every agent's update would be another entry of the one ``_update``: a process that
+        # builds many agents (tests, benchmarks) would hit the limit. Each instance compiles a
+        # copy with a code object of its own, holding its two graphs.
+        code = GraphUpdate._update.__code__
+        update = types.FunctionType(code.replace(co_name=f"{code.co_name}_{next(_INSTANCES)}"), globals(),
+                                    argdefs=GraphUpdate._update.__defaults__)
+        compiled = torch.compile(types.MethodType(update, self), fullgraph=True, dynamic=False, backend=backend,
+                                 mode=mode)  # a bound method: a partial would be compiled through a shared wrapper
+        self._compiled = {diagnostics: functools.partial(compiled, diagnostics=diagnostics)
+                          for diagnostics in (False, True)}
 
     def __call__(self, batch: Batch, diagnostics: bool = False) -> dict[str, Tensor]:
         """One update; same arguments and metrics as :meth:`MTSAC.update`."""
@@ -79,9 +91,6 @@ class GraphUpdate:
         if self.cuda_graphs:  # a CUDA graph's outputs are overwritten by its next replay
             metrics = {key: value.clone() for key, value in metrics.items()}
         return metrics
-
-    def _update_plain(self, *args: Tensor) -> dict[str, Tensor]:
-        return self._update(*args, diagnostics=False)
 
     def _update(self, obs: Tensor, actions: Tensor, rewards: Tensor, next_obs: Tensor, terminated: Tensor,
                 next_noise: Tensor, noise: Tensor, critic_inputs: tuple, actor_inputs: tuple,

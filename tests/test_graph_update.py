@@ -4,6 +4,8 @@ Real MT-SAC networks and aggregators on a random task-grouped batch. Most tests 
 ``aot_eager`` backend: it runs the same capture (Dynamo, ``fullgraph=True``: any graph
 break is an error) and the same functionalisation as the default ``inductor``, and
 compiles in seconds instead of tens of seconds; one test runs ``inductor`` itself.
+The file builds more compiled agents than torch.compile keeps per code object (8): run in
+one process, it also checks that every agent compiles a code object of its own.
 """
 
 from __future__ import annotations
