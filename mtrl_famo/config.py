@@ -126,6 +126,9 @@ class RLWAggregatorConfig(AggregatorConfig):
     name: str = "rlw"
     seed: int = doc(0, "seed of RLW's own weight stream, softmax of N(0, I) (Lin et al. 2022's default; "
                        "the YAML default: the run's seed)")
+
+
+@dataclass
 class MGDAAggregatorConfig(AggregatorConfig):
     name: str = "mgda"  # no options: the min-norm QP is solved exactly (Sener & Koltun 2018)
 
@@ -240,7 +243,7 @@ class TrainConfig:
     log_every: int = doc(5_000, "steps between loss/diagnostic scalars in TensorBoard")
     torch_threads: int = doc(0, "torch CPU threads; 0 = 1 thread on machines with <= 4 cores, else torch's default")
     progress: bool = doc(True, "show a progress bar with steps/s and ETA")
-    compile: str = doc("none", "torch.compile: none, task_gradients (PCGrad/CAGrad's one-pass per-task gradients), "
+    compile: str = doc("none", "torch.compile: none, task_gradients (the gradient aggregators' one-pass per-task gradients), "
                               "all (also the loss functions) or graph (the whole update as one graph, CUDA graphs "
                               "on CUDA); see docs/performance.md")
 

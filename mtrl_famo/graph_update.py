@@ -57,6 +57,8 @@ class GraphUpdate:
         self.cuda_graphs = agent.device.type == "cuda"
         # torch's own compiler code warns about its internal deprecations, once per compile, on the user's terminal.
         warnings.filterwarnings("ignore", message=".*torch._prims_common.check.*", category=FutureWarning)
+        # CUDA graphs need an update with no host sync at all (not so for eigh-based aggregators).
+        self.cuda_graphs = self.cuda_graphs and all(a.cuda_graph_safe for a in agent.aggregators.values())
         mode = "reduce-overhead" if self.cuda_graphs and backend == "inductor" else None
         # torch.compile caches compiled code per code object, up to 8 entries (``recompile_limit``),
         # and every agent's update would be another entry of the one ``_update``: a process that
@@ -85,6 +87,9 @@ class GraphUpdate:
         if self.cuda_graphs:  # what the graph updates in place keeps its address between replays
             for adam in adams.values():
                 for tensor in (*adam.params, *adam.exp_avg, *adam.exp_avg_sq, *adam.steps):
+                    torch._dynamo.mark_static_address(tensor)
+            for aggregator in agent.aggregators.values():
+                for tensor in aggregator.graph_state():
                     torch._dynamo.mark_static_address(tensor)
         metrics = self._compiled[bool(diagnostics)](*batch, next_noise, noise, drawn["critic"], drawn["actor"],
                                                     adams)

@@ -3,9 +3,10 @@
 Every loss is computed per task, as a ``[num_tasks]`` vector, from a batch whose
 rows are grouped by task (:class:`~mtrl_famo.buffer.Batch`). The critic and
 actor vectors go to an aggregator, which turns them into one update of that
-network: loss-weighting aggregators (mean, FAMO) take the loss vector, gradient
-aggregators (PCGrad, CAGrad) take the ``[num_tasks, num_params]`` per-task
-gradients, built with one batched backward. The per-task temperatures are
+network: loss-weighting aggregators (mean, FAMO, UW, DWA, RLW) take the loss vector,
+gradient aggregators (PCGrad, CAGrad, MGDA, IMTL-G, Aligned-MTL, UPGrad, DualProj,
+FairGrad, Nash-MTL) take the ``[num_tasks, num_params]`` per-task gradients, built with
+one batched backward. The per-task temperatures are
 independent parameters, so their losses are simply summed (a shared temperature,
 ``agent.shared_alpha``, takes their mean); their loss uses the log-probabilities
 of the actor step's own forward.
@@ -119,10 +120,11 @@ class MTSAC:
     :param immediate_checks: the aggregators check their inputs for NaN/inf at every call
         (a host sync each). The training loop passes False and watches ``watched_metrics()``
         with a :class:`~mtrl_famo.nonfinite.NonFiniteWatch` instead, so that an update
-        makes no host sync (PCGrad and CAGrad still read their ``[k, k]`` Gram matrix).
+        makes no host sync (the aggregators with a host solver, MGDA, UPGrad, DualProj,
+        FairGrad and Nash-MTL, still read their ``[k, k]`` Gram matrix once).
     :param compile_mode: ``none``; ``task_gradients``: ``torch.compile`` the ``task_gradients``
-        function (PCGrad, CAGrad, diagnostics); ``all``: also the loss functions used
-        on the whole batch (mean, FAMO); ``graph``: the whole update as one graph
+        function (gradient aggregators, diagnostics); ``all``: also the loss functions used
+        on the whole batch (loss-weighting aggregators); ``graph``: the whole update as one graph
         (:mod:`~mtrl_famo.graph_update`; CUDA graphs on CUDA; the aggregators' immediate
         checks off). Same results to float tolerance; the first updates pay the compilation.
     """

@@ -9,7 +9,9 @@ For each aggregator, side by side in one run on a random task-grouped batch:
   ``recompiles``); a graph break would be an error (``fullgraph=True``);
 - ``compile s``: seconds of the first update of each kind (compilation);
 - ``eager ms`` / ``graph ms``: median time of one update after warm-up, taking turns, and
-  their ratio (on CUDA the graph update is replayed as a CUDA graph).
+  their ratio (on CUDA the graph update is replayed as a CUDA graph);
+- ``CUDA graphs skipped``: inductor's count of graphs it could not make CUDA graphs of (the
+  reason is in its log); 0 on a CPU.
 
     python scripts/graph_report.py [--device cpu|cuda] [--tasks 10] [--aggregators mean famo pcgrad cagrad]
                                    [--updates 20] [--hidden 400 400 400] [--backend inductor]
@@ -65,9 +67,10 @@ def report(aggregator: str, k: int, hidden: list[int], device: torch.device, upd
         eager_s.append(timed(eager, batch, device, diagnostics))
         graph_s.append(timed(graph, batch, device, diagnostics))
     graphs = counters["stats"]["unique_graphs"]
+    cudagraph_skips = sum(counters["inductor"].get(key, 0) for key in counters["inductor"] if "cudagraph_skip" in key)
     eager_ms, graph_ms = statistics.median(eager_s) * 1e3, statistics.median(graph_s) * 1e3
     return (f"| {device.type} | {k} | {aggregator} | {explained.graph_break_count} | {graphs} | {max(0, graphs - 2)} | "
-            f"{compile_s:.1f} | {eager_ms:.1f} | {graph_ms:.1f} | {eager_ms / graph_ms:.2f}x |")
+            f"{compile_s:.1f} | {eager_ms:.1f} | {graph_ms:.1f} | {eager_ms / graph_ms:.2f}x | {cudagraph_skips} |")
 
 
 def main() -> None:
@@ -83,8 +86,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print("| device | k | aggregator | eager breaks | graphs | recompiles | compile s | eager ms | graph ms | "
-          "graph speed-up |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+          "graph speed-up | CUDA graphs skipped |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k in args.tasks:
         for aggregator in args.aggregators:
             print(report(aggregator, k, args.hidden, device, args.updates, args.backend), flush=True)

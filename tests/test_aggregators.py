@@ -134,6 +134,7 @@ def test_registry_and_families() -> None:
 
     # Every registered aggregator has a config name and schema (the zoo's own: test_aggregator_zoo.py).
     assert sorted(AGGREGATORS) == sorted(AGGREGATOR_NAMES) == sorted(AGGREGATOR_SCHEMAS)
+    assert all(schema().name == name for name, schema in AGGREGATOR_SCHEMAS.items())  # each its own dataclass
     base = ("cagrad", "dwa", "famo", "mean", "pcgrad", "rlw", "uw")
     uses_g = {name: make_aggregator(name, 3).uses_task_gradients for name in base}
     assert uses_g == {"cagrad": True, "dwa": False, "famo": False, "mean": False, "pcgrad": True, "rlw": False,

@@ -32,6 +32,8 @@ class AlignedMTL(GramianWeighted):
     :param scale_mode: ``min`` (paper), ``median`` or ``rmse`` (authors' code).
     """
 
+    cuda_graph_safe = False  # torch.linalg.eigh syncs on CUDA (pytorch#188355)
+
     def __init__(self, num_tasks: int, scale_mode: str = "min") -> None:
         super().__init__(num_tasks)
         self.scale_mode = check_choice("scale_mode", scale_mode, SCALE_MODES)
@@ -44,7 +46,8 @@ class AlignedMTL(GramianWeighted):
 
 
 def aligned_weights(gram: Tensor, scale_mode: str = "min") -> Tensor:
-    """``B p`` of Aligned-MTL on the device, no host sync.
+    """``B p`` of Aligned-MTL on the device, nothing read back by our code (on CUDA, torch's
+    ``eigh`` itself synchronises with the host).
 
     :param gram: ``[k, k]`` float64. :returns: ``[k]`` float64.
     """

@@ -40,6 +40,9 @@ class Aggregator:
     #: (:class:`~mtrl_famo.nonfinite.NonFiniteWatch`) sets it False so that the
     #: update queues on the GPU without waiting. Shape checks always run.
     immediate_checks: bool = True
+    #: False where ``combine`` syncs with the host on CUDA (e.g. ``torch.linalg.eigh``): the
+    #: compiled update (``train.compile=graph``) is then not replayed as a CUDA graph.
+    cuda_graph_safe: bool = True
 
     def __init__(self, num_tasks: int) -> None:
         self.num_tasks = check_num_tasks(num_tasks)
@@ -69,6 +72,11 @@ class Aggregator:
     def combine_with(self, G: Tensor, *inputs: Tensor) -> Tensor:
         """``combine(G)`` with the random tensors of :meth:`graph_inputs` given (default: ``combine(G)``)."""
         return self.combine(G)
+
+    def graph_state(self) -> list[Tensor]:
+        """The tensors that ``combine``/``combine_losses``/``update`` change in place (default: none);
+        a CUDA graph needs their addresses fixed (``train.compile=graph``)."""
+        return []
 
     def update(self, new_losses: Tensor) -> None:
         """Adapt internal state after the optimizer step (no-op unless overridden).

@@ -137,7 +137,9 @@ def solve_cagrad_weights(gram: Tensor, c: float, iterations: int = 20,
             info.update(gap=torch.zeros((), dtype=dtype, device=device), gw_norm=(w @ A @ w).clamp_min(0.0).sqrt())
         return w, torch.zeros((), dtype=dtype, device=device)
     eye = torch.eye(k, dtype=dtype, device=device)
-    steps = torch.tensor(_STEPS, dtype=dtype, device=device)
+    # Built on the device: a tensor copied from a host list would be a copy and a sync (not capturable).
+    steps = torch.cat([0.25 ** torch.arange(len(_STEPS) - 1, dtype=dtype, device=device),
+                       torch.zeros(1, dtype=dtype, device=device)])  # _STEPS
     w = torch.full((k,), 1.0 / k, dtype=dtype, device=device)
     z = torch.ones(k, dtype=dtype, device=device)
 

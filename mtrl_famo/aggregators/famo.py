@@ -115,6 +115,11 @@ class FAMO(Aggregator):
         """``[num_tasks]``, the ``lambda`` of the last ``combine_losses`` (None before it)."""
         return None if self._loss_weights is None else self._loss_weights.clone()
 
+    def graph_state(self) -> list[Tensor]:
+        """``logits`` and its Adam state, which the update steps in place."""
+        adam = adam_tensors(self._optimizer)
+        return [*adam.params, *adam.exp_avg, *adam.exp_avg_sq, *adam.steps]
+
     def state_dict(self) -> dict[str, Any]:
         """Logits, the logits' Adam state, the pending previous losses and last weights."""
         return {

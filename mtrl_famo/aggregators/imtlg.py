@@ -23,9 +23,13 @@ class IMTLG(GramianWeighted):
     on ``G``'s device without reading anything back: TorchJD's tests ``|sum| < 1e-12`` with a
     Python ``if`` (a host sync per call on a GPU); here it is a ``torch.where``. Where the
     sum vanishes (e.g. ``G = 0``) the weights and the direction are zero, as in TorchJD.
+    On CUDA, ``pinv(hermitian=True)`` (an ``eigh``) still synchronises with the host inside
+    torch 2.13's solver, so a compiled update with IMTL-G is not replayed as a CUDA graph.
 
     :param num_tasks: number of tasks ``k``.
     """
+
+    cuda_graph_safe = False  # torch.linalg.eigh syncs on CUDA (pytorch#188355)
 
     def weights_from_gram(self, gram: Tensor) -> Tensor:
         norms = gram.diagonal().clamp_min(0.0).sqrt()

@@ -37,5 +37,6 @@ class Mean(Aggregator):
 
     @property
     def task_weights(self) -> Tensor:
-        """``[num_tasks]``, all ``1 / num_tasks``."""
-        return torch.full((self.num_tasks,), 1.0 / self.num_tasks)
+        """``[num_tasks]``, all ``1 / num_tasks`` (on the device of the last ``combine_losses``)."""
+        weights = self.loss_weights
+        return torch.full((self.num_tasks,), 1.0 / self.num_tasks) if weights is None else weights

@@ -67,7 +67,7 @@ class NashMTL(GramianWeighted):
             self._solver = TorchJDNashMTL(self.num_tasks, max_norm=0.0, update_weights_every=1,
                                           optim_niter=self.optim_niter).weighting
             if self._alpha is not None:
-                self._solver.prvs_alpha = self._alpha.cpu().numpy().astype(np.float32)
+                self._solver.prvs_alpha = self._alpha.cpu().numpy().astype(np.float64)
         return self._solver
 
     def combine(self, G: Tensor) -> Tensor:

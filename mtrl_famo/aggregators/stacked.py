@@ -4,8 +4,9 @@ A population (many seeds of one configuration in one process, see
 :mod:`mtrl_famo.population`) trains ``N`` members at once. Each member keeps its own
 aggregator object (the contract of ``base.Aggregator``, its ``state_dict`` in the
 member's checkpoint); :func:`stack_aggregators` wraps the ``N`` of them into one object
-whose entry points take every member's input at once and compute every member's
-result in one batched call:
+whose entry points take every member's input at once and return every member's
+result (batched for mean and FAMO; member by member for the others, see
+:class:`StackedPerMember`):
 
 - ``combine(G)``: ``G`` ``[N, num_tasks, num_params]`` -> ``[N, num_params]``;
 - ``combine_losses(losses)``: ``[N, num_tasks]`` -> ``[N]`` (sum it and backpropagate:

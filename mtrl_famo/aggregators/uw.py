@@ -101,6 +101,11 @@ class UW(Aggregator):
         """``[num_tasks]``, ``exp(-s)`` (detached): the weights of the next ``combine_losses``."""
         return torch.exp(-self.log_vars.detach())
 
+    def graph_state(self) -> list[Tensor]:
+        """``log_vars`` and its Adam state, which the update steps in place."""
+        adam = adam_tensors(self._optimizer)
+        return [*adam.params, *adam.exp_avg, *adam.exp_avg_sq, *adam.steps]
+
     def state_dict(self) -> dict[str, Any]:
         """The log-variances ``s`` and their Adam state."""
         return {"log_vars": self.log_vars.detach().clone(),
