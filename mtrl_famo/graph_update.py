@@ -54,11 +54,10 @@ class GraphUpdate:
         self.agent = agent
         for aggregator in agent.aggregators.values():
             aggregator.immediate_checks = False
-        self.cuda_graphs = agent.device.type == "cuda"
         # torch's own compiler code warns about its internal deprecations, once per compile, on the user's terminal.
         warnings.filterwarnings("ignore", message=".*torch._prims_common.check.*", category=FutureWarning)
         # CUDA graphs need an update with no host sync at all (not so for eigh-based aggregators).
-        self.cuda_graphs = self.cuda_graphs and all(a.cuda_graph_safe for a in agent.aggregators.values())
+        self.cuda_graphs = agent.device.type == "cuda" and all(a.cuda_graph_safe for a in agent.aggregators.values())
         mode = "reduce-overhead" if self.cuda_graphs and backend == "inductor" else None
         # torch.compile caches compiled code per code object, up to 8 entries (``recompile_limit``),
         # and every agent's update would be another entry of the one ``_update``: a process that

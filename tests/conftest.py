@@ -43,6 +43,15 @@ def assert_usage_error(proc: subprocess.CompletedProcess, expected: str) -> None
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def last_task_weights(run_dir: Path, network: str, tasks: list[str]) -> list[float]:
+    """The last logged ``aggregator/<network>/weights/<task>`` of every task, from the run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    return [acc.Scalars(f"aggregator/{network}/weights/{task}")[-1].value for task in tasks]
+
+
 @pytest.fixture(scope="session")
 def tiny_mt10_run(tmp_path_factory) -> Path:
     """One finished tiny MT10 run (1000 steps, evaluations at 500 and at the end)."""

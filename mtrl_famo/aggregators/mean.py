@@ -19,6 +19,7 @@ class Mean(Aggregator):
     """
 
     uses_task_gradients = False
+    _loss_weights: Tensor | None = None  # [num_tasks], set by combine_losses
 
     def combine(self, G: Tensor) -> Tensor:
         """:param G: ``[num_tasks, num_params]``. :returns: ``[num_params]``, ``G.mean(0)``."""
@@ -33,7 +34,7 @@ class Mean(Aggregator):
     @property
     def loss_weights(self) -> Tensor | None:
         """``[num_tasks]``, all ``1 / num_tasks`` (None before the first ``combine_losses``)."""
-        return getattr(self, "_loss_weights", None)
+        return self._loss_weights
 
     @property
     def task_weights(self) -> Tensor:

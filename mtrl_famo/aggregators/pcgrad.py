@@ -8,11 +8,10 @@ import torch
 from torch import Tensor
 
 from .base import Aggregator, gram_matrix
+from .seeded import CallSeeded
 
-_MASK64 = (1 << 64) - 1
 
-
-class PCGrad(Aggregator):
+class PCGrad(CallSeeded, Aggregator):
     """PCGrad (Yu et al. 2020, "Gradient Surgery for Multi-Task Learning").
 
     For each task ``i``, start from ``g_i``; for each other task ``j`` in a random
@@ -46,12 +45,8 @@ class PCGrad(Aggregator):
     uses_task_gradients = True
 
     def __init__(self, num_tasks: int, seed: int = 0) -> None:
-        super().__init__(num_tasks)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
-        self.seed = seed
-        self.calls = 0
-        self._generators: dict[torch.device, torch.Generator] = {}
+        Aggregator.__init__(self, num_tasks)
+        CallSeeded.__init__(self, seed)
 
     def combine(self, G: Tensor) -> Tensor:
         """:param G: ``[num_tasks, num_params]``. :returns: ``[num_params]`` direction."""
@@ -88,12 +83,7 @@ class PCGrad(Aggregator):
     def _orders(self, device: torch.device) -> Tensor:
         """``[k, k - 1]`` int64 on ``device``: row ``i`` a random order of the tasks other than ``i``."""
         k = self.num_tasks
-        generator = self._generators.get(device)
-        if generator is None:
-            generator = self._generators[device] = torch.Generator(device=device)
-        generator.manual_seed(_splitmix64(self.seed, self.calls))
-        self.calls += 1
-        keys = torch.rand(k, k, generator=generator, dtype=torch.float64, device=device)
+        keys = torch.rand(k, k, generator=self.next_generator(device), dtype=torch.float64, device=device)
         keys.fill_diagonal_(2.0)  # task i sorts last, then is dropped
         return keys.argsort(dim=1)[:, : k - 1]
 
@@ -114,10 +104,3 @@ class PCGrad(Aggregator):
     def __repr__(self) -> str:
         return f"PCGrad(seed={self.seed})"
 
-
-def _splitmix64(seed: int, n: int) -> int:
-    """A well-mixed 63-bit generator seed for call ``n`` of ``seed`` (SplitMix64's finaliser)."""
-    z = (seed * 0x9E3779B97F4A7C15 + (n + 1) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return (z ^ (z >> 31)) >> 1

@@ -8,10 +8,10 @@ import torch
 from torch import Tensor
 
 from .base import Aggregator
-from .pcgrad import _splitmix64
+from .seeded import CallSeeded
 
 
-class RLW(Aggregator):
+class RLW(CallSeeded, Aggregator):
     """Random loss weighting (Lin, Ye, Xu, Shi and Zhang 2022, "Reasonable Effectiveness of
     Random Weighting: A Litmus Test for Multi-Task Learning", TMLR).
 
@@ -35,13 +35,9 @@ class RLW(Aggregator):
     needs_update = False
 
     def __init__(self, num_tasks: int, seed: int = 0) -> None:
-        super().__init__(num_tasks)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
-        self.seed = seed
-        self.calls = 0
+        Aggregator.__init__(self, num_tasks)
+        CallSeeded.__init__(self, seed)
         self._weights: Tensor | None = None  # of the last combine_losses, [num_tasks]
-        self._generators: dict[torch.device, torch.Generator] = {}
 
     def combine_losses(self, losses: Tensor) -> Tensor:
         """:param losses: ``[num_tasks]`` task losses.
@@ -56,13 +52,7 @@ class RLW(Aggregator):
     def draw(self, device: torch.device | str = "cpu") -> Tensor:
         """The next weights of the stream, ``softmax(eps)`` ``[num_tasks]`` float32 on ``device``
         (advances the call count)."""
-        device = torch.device(device)
-        generator = self._generators.get(device)
-        if generator is None:
-            generator = self._generators[device] = torch.Generator(device=device)
-        generator.manual_seed(_splitmix64(self.seed, self.calls))
-        self.calls += 1
-        eps = torch.randn(self.num_tasks, generator=generator, device=device)
+        eps = torch.randn(self.num_tasks, generator=self.next_generator(device), device=device)
         return torch.softmax(eps, dim=0)
 
     @property

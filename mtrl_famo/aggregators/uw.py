@@ -57,6 +57,7 @@ class UW(Aggregator):
 
     uses_task_gradients = False
     needs_update = False
+    _loss_weights: Tensor | None = None  # [num_tasks], exp(-s) of the last combine_losses
 
     def __init__(self, num_tasks: int, lr: float = 0.025) -> None:
         super().__init__(num_tasks)
@@ -94,7 +95,7 @@ class UW(Aggregator):
     @property
     def loss_weights(self) -> Tensor | None:
         """``[num_tasks]``, ``exp(-s)`` of the last ``combine_losses`` (before its step on ``s``)."""
-        return getattr(self, "_loss_weights", None)
+        return self._loss_weights
 
     @property
     def task_weights(self) -> Tensor:
