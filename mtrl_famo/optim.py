@@ -78,26 +78,26 @@ def adam_step_(adam: AdamTensors, grads: list[torch.Tensor]) -> None:
     """One Adam step along ``grads`` (one per parameter, same shapes), in place.
 
     Run eagerly it is the fused kernel, the step ``optimizer.step()`` would take.
-    Traced by ``torch.compile`` (``train.compile=graph``) it is the same algorithm in
-    for-each ops, which the compiler fuses into the graph (the fused kernel cannot be
-    traced); the two agree to float rounding. The step counters stay tensors, so a
-    compiled step does not recompile as they grow.
+    Traced by ``torch.compile`` (``train.compile=graph``) or under ``torch.func.vmap`` (a
+    population's members) it is the same algorithm in plain per-tensor ops, which the
+    compiler fuses into its graph and vmap batches (neither can take the fused kernel, and
+    vmap has no rule for the for-each ops); the two agree to float rounding. The step
+    counters stay tensors, so a compiled step does not recompile as they grow.
     """
-    if not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and not torch._C._functorch.is_batchedtensor(adam.params[0]):
         torch._foreach_add_(adam.steps, 1.0)  # as Adam.step does: the fused kernel reads, not bumps, the counts
         torch._fused_adam_(adam.params, grads, adam.exp_avg, adam.exp_avg_sq, [], adam.steps, lr=adam.lr,
                            beta1=adam.beta1, beta2=adam.beta2, weight_decay=adam.weight_decay, eps=adam.eps,
                            amsgrad=False, maximize=False)
         return
-    torch._foreach_add_(adam.steps, 1.0)
-    if adam.weight_decay:
-        grads = torch._foreach_add(grads, adam.params, alpha=adam.weight_decay)
-    torch._foreach_lerp_(adam.exp_avg, grads, 1.0 - adam.beta1)
-    torch._foreach_mul_(adam.exp_avg_sq, adam.beta2)
-    torch._foreach_addcmul_(adam.exp_avg_sq, grads, grads, value=1.0 - adam.beta2)
-    bias_correction1 = [1.0 - torch.pow(adam.beta1, step) for step in adam.steps]
-    bias_correction2_sqrt = [(1.0 - torch.pow(adam.beta2, step)).sqrt() for step in adam.steps]
-    denom = torch._foreach_div(torch._foreach_sqrt(adam.exp_avg_sq), bias_correction2_sqrt)
-    torch._foreach_add_(denom, adam.eps)
-    step_sizes = [-adam.lr / bc for bc in bias_correction1]
-    torch._foreach_addcdiv_(adam.params, torch._foreach_mul(adam.exp_avg, step_sizes), denom)
+    for param, grad, exp_avg, exp_avg_sq, step in zip(adam.params, grads, adam.exp_avg, adam.exp_avg_sq,
+                                                      adam.steps):
+        step.add_(1.0)
+        if adam.weight_decay:
+            grad = grad + adam.weight_decay * param
+        exp_avg.mul_(adam.beta1).add_(grad, alpha=1.0 - adam.beta1)
+        exp_avg_sq.mul_(adam.beta2).addcmul_(grad, grad, value=1.0 - adam.beta2)
+        bias_correction1 = 1.0 - torch.pow(adam.beta1, step)
+        bias_correction2_sqrt = (1.0 - torch.pow(adam.beta2, step)).sqrt()
+        denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + adam.eps
+        param.sub_(adam.lr * exp_avg / (bias_correction1 * denom))

@@ -1,15 +1,14 @@
-"""Multi-task soft actor-critic: per-task loss vectors and the update step.
+"""Multi-task soft actor-critic: the agent (networks, temperatures, optimizers, aggregators).
 
-Every loss is computed per task, as a ``[num_tasks]`` vector, from a batch whose
-rows are grouped by task (:class:`~mtrl_famo.buffer.Batch`). The critic and
-actor vectors go to an aggregator, which turns them into one update of that
-network: loss-weighting aggregators (mean, FAMO, UW, DWA, RLW) take the loss vector,
-gradient aggregators (PCGrad, CAGrad, MGDA, IMTL-G, Aligned-MTL, UPGrad, DualProj,
-FairGrad, Nash-MTL) take the ``[num_tasks, num_params]`` per-task gradients, built with
-one batched backward. The per-task temperatures are
-independent parameters, so their losses are simply summed (a shared temperature,
-``agent.shared_alpha``, takes their mean); their loss uses the log-probabilities
-of the actor step's own forward.
+The update itself is one function, :func:`mtrl_famo.update.update` (losses, aggregation,
+Adam steps, target critic); :meth:`MTSAC.update` calls it on the agent's own tensors, and
+``train.compile=graph`` compiles it (:mod:`~mtrl_famo.graph_update`). Every loss is
+computed per task, as a ``[num_tasks]`` vector, from a batch whose rows are grouped by task
+(:class:`~mtrl_famo.buffer.Batch`); an aggregator turns it into one update of its network:
+loss-weighting aggregators (mean, FAMO, UW, DWA, RLW) weight the loss vector, gradient
+aggregators (PCGrad, CAGrad, MGDA, IMTL-G, Aligned-MTL, UPGrad, DualProj, FairGrad,
+Nash-MTL) combine the ``[num_tasks, num_params]`` per-task gradients, built with one
+batched backward.
 """
 
 from __future__ import annotations
@@ -20,65 +19,34 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.func import functional_call
 
 from mtrl_famo.aggregators import make_aggregator
-from mtrl_famo.aggregators.per_task_grads import assign_flat_grad, gradient_diagnostics, per_task_gradients
+from mtrl_famo.aggregators.per_task_grads import per_task_gradients
 from mtrl_famo.buffer import Batch
 from mtrl_famo.config import AgentConfig, AggregatorConfig, aggregator_options
 from mtrl_famo.graph_update import GraphUpdate
-from mtrl_famo.networks import Actor, TwinQ, squashed_sample
-from mtrl_famo.optim import fused_adam, load_fused_adam_state
+from mtrl_famo.networks import Actor, TwinQ
+from mtrl_famo.optim import adam_tensors, fused_adam, load_fused_adam_state
+from mtrl_famo.update import AdamHyper, UpdateSpec, actor_loss, critic_loss, make_draws, update
 
 TaskLoss = Callable[..., torch.Tensor]
 
 
-def critic_loss_fn(critic: TwinQ, max_q_value: float | None = None) -> TaskLoss:
-    """``loss(params, obs, actions, target)``: twin-Q squared TD error, averaged over the last batch dim.
+def critic_loss_fn(critic: TwinQ, max_q_value: float | None = None, reduction: str = "sum") -> TaskLoss:
+    """``loss(params, obs, actions, target)``: :func:`mtrl_famo.update.critic_loss` for ``critic``.
 
     With task-grouped inputs (``obs [num_tasks, b, obs_dim]``, ``target [num_tasks, b]``) it
     returns the ``[num_tasks]`` loss vector; with one task's rows, that task's scalar loss.
-    With ``max_q_value``, predictions are clipped to ``[-max_q_value, max_q_value]`` (the target
-    is clipped by the caller), as the Meta-World+ reference does.
     """
-
-    def loss(params: dict, obs: torch.Tensor, actions: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        q1, q2 = functional_call(critic, params, (obs, actions))
-        if max_q_value is not None:
-            q1, q2 = q1.clamp(-max_q_value, max_q_value), q2.clamp(-max_q_value, max_q_value)
-        return (q1 - target).pow(2).mean(-1) + (q2 - target).pow(2).mean(-1)
-
-    return loss
+    return lambda params, obs, actions, target: critic_loss(critic, params, obs, actions, target, max_q_value,
+                                                            reduction)
 
 
 def actor_loss_fn(actor: Actor, critic: TwinQ) -> TaskLoss:
-    """``loss(params, obs, noise, alpha) -> (loss, log_prob)``: ``alpha * log pi(a|s) - min Q(s, a)``
-    averaged over the last batch dim, and the sampled actions' log-probabilities (detached).
-
-    ``alpha`` is ``[num_tasks, 1]`` for task-grouped inputs (``[1]`` for one task), so each
-    task's rows use that task's temperature. The critic's parameters are constants here.
-    The log-probabilities ``[num_tasks, b]`` feed the temperature loss, so that it needs no
-    second actor forward (as in the Meta-World+ and mtrl references).
-    """
-
-    def loss(params: dict, obs: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor):
-        return actor_loss(actor, critic, params, None, obs, noise, alpha)
-
-    return loss
-
-
-def actor_loss(actor: Actor, critic: TwinQ, params: dict, critic_params: dict | None, obs: torch.Tensor,
-               noise: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pure actor loss of :func:`actor_loss_fn`, with the critic's parameters passed in.
-
-    :param critic_params: ``{name: tensor}`` for ``critic`` (constants), or None for the
-        critic module's own parameters. A population passes each member's critic here.
-    :return: loss ``[...]`` (mean over the last batch dim) and detached log-probs ``[..., b]``.
-    """
-    mean, log_std = functional_call(actor, params, (obs,))
-    action, log_prob = squashed_sample(mean, log_std, noise)
-    q1, q2 = critic(obs, action) if critic_params is None else functional_call(critic, critic_params, (obs, action))
-    return (alpha * log_prob - torch.min(q1, q2)).mean(-1), log_prob.detach()
+    """``loss(params, obs, noise, alpha) -> (loss, log_prob)``: :func:`mtrl_famo.update.actor_loss`
+    with the critic module's own parameters as constants; ``alpha`` ``[num_tasks, 1]``."""
+    return lambda params, obs, noise, alpha: actor_loss(actor, critic, params, dict(critic.named_parameters()),
+                                                        obs, noise, alpha)
 
 
 def sample_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -157,22 +125,38 @@ class MTSAC:
                    if loss in aggregator_cfg.apply_to else make_aggregator("mean", num_tasks=num_tasks))
             for loss in ("critic", "actor")
         }
+        if "alpha" in aggregator_cfg.apply_to:  # otherwise the temperatures' rule of agent.alpha_loss_reduction
+            self.aggregators["alpha"] = make_aggregator(aggregator_cfg.name, num_tasks=num_tasks, **options)
         for agg in self.aggregators.values():
             agg.to(self.device)
             agg.immediate_checks = immediate_checks
-        # Each network's per-task loss, as given to task_gradients (which vmaps it) and
-        # as called directly on the whole batch; compiled, the two must be separate
-        # callables, since a compiled function cannot be traced into from inside vmap.
-        self._task_loss = {"critic": critic_loss_fn(self.critic, cfg.max_q_value),
-                           "actor": actor_loss_fn(self.actor, self.critic)}
-        self._has_aux = {"critic": False, "actor": True}  # the actor's loss also returns its log-probs
-        compile_losses, compile_gradients = compile_mode == "all", compile_mode in ("task_gradients", "all")
-        self._batch_loss = {name: torch.compile(fn) if compile_losses else fn for name, fn in self._task_loss.items()}
-        self.task_gradients = torch.compile(task_gradients) if compile_gradients else task_gradients
+        if compile_mode in ("task_gradients", "all"):  # "all" compiled the whole-batch losses of the old update
+            task_gradients = torch.compile(task_gradients)
+        #: the update's static half (modules as templates, settings, aggregators); see mtrl_famo.update
+        self.spec = UpdateSpec(self.actor, self.critic, cfg, self.target_entropy, self.aggregators,
+                               {name: _adam_hyper(opt) for name, opt in self._optimizers().items()}, task_gradients)
         #: the agent's own random stream: actions, update noise, replay sampling (``Trainer``).
         self.generator = continue_global_stream(self.device)
         #: ``compile_mode="graph"``: the whole update as one compiled graph.
         self.graph_update = GraphUpdate(self) if compile_mode == "graph" else None
+
+    def _optimizers(self) -> dict[str, torch.optim.Adam]:
+        return {"critic": self.critic_opt, "actor": self.actor_opt, "alpha": self.alpha_opt}
+
+    def update_state(self) -> dict:
+        """The state tree of :func:`mtrl_famo.update.update`, made of this agent's own tensors.
+
+        Built at every call: loading a checkpoint replaces the optimizers' state tensors.
+        """
+        adams = {name: adam_tensors(opt) for name, opt in self._optimizers().items()}
+        return {
+            "params": {"actor": dict(self.actor.named_parameters()), "critic": dict(self.critic.named_parameters()),
+                       "critic_target": dict(self.critic_target.named_parameters()),
+                       "alpha": {"log_alpha": self.log_alpha}},
+            "adam": {name: {"exp_avg": a.exp_avg, "exp_avg_sq": a.exp_avg_sq, "step": a.steps}
+                     for name, a in adams.items()},
+            "aggregators": {name: agg.functional_state() for name, agg in self.aggregators.items()},
+        }
 
     def watched_metrics(self) -> dict[str, str]:
         """The ``[num_tasks]`` metrics of ``update`` that a NaN/inf anywhere in it reaches, with a hint each.
@@ -212,89 +196,17 @@ class MTSAC:
         if self.graph_update is not None:
             return self.graph_update(batch, diagnostics)
         k, b = batch.rewards.shape
-        alpha = self.log_alpha.detach().exp().expand(k)  # [k]
-        with torch.no_grad():
-            next_noise = sample_noise((k, b, self.act_dim), self.generator, self.device)
-            next_action, next_log_prob = self.actor.sample(batch.next_obs, next_noise)
-            q1_next, q2_next = self.critic_target(batch.next_obs, next_action)
-            soft_value = torch.min(q1_next, q2_next) - alpha[:, None] * next_log_prob
-            target = batch.rewards + self.cfg.gamma * (1.0 - batch.terminated) * soft_value  # [k, b]
-            if self.cfg.max_q_value is not None:
-                target = target.clamp(-self.cfg.max_q_value, self.cfg.max_q_value)
-
-        metrics: dict[str, torch.Tensor] = {}
-        metrics["losses/critic"], _ = self._aggregated_step(
-            "critic", self.critic, self.critic_opt, (batch.obs, batch.actions, target), diagnostics, metrics)
-
-        noise = sample_noise((k, b, self.act_dim), self.generator, self.device)
-        self.critic.requires_grad_(False)  # the actor's loss must not build critic gradients
-        try:
-            metrics["losses/actor"], log_prob = self._aggregated_step(
-                "actor", self.actor, self.actor_opt, (batch.obs, noise, alpha[:, None]), diagnostics, metrics)
-        finally:
-            self.critic.requires_grad_(True)
-
-        # The temperature loss takes the log-probs of the actor step's own forward ([k, b]).
-        log_alpha = self.log_alpha.expand(k)
-        alpha_losses = -(log_alpha[:, None] * (log_prob + self.target_entropy)).mean(-1)  # [k]
-        self.alpha_opt.zero_grad(set_to_none=True)
-        # Per-task temperatures: each gets its own task's gradient; a shared one, the tasks' mean.
-        (alpha_losses.mean() if self.cfg.shared_alpha else alpha_losses.sum()).backward()
-        self.alpha_opt.step()
-
-        polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.cfg.tau)
-        metrics["losses/alpha"] = alpha_losses.detach()
-        metrics["alpha"] = self.log_alpha.detach().exp().expand(k)
+        draws = make_draws(self.spec, (k, b, self.act_dim), self.generator, self.device)
+        _, metrics = update(self.spec, self.update_state(), batch, draws, diagnostics)
+        self.note_weights(metrics)
         return metrics
 
-    def _aggregated_step(self, name: str, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                         task_args: tuple, diagnostics: bool,
-                         metrics: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Combine one network's per-task losses with its aggregator and take one optimizer step.
-
-        With ``agent.grad_clip``, the combined update is clipped to that global norm before the
-        step (no host sync: ``clip_grad_norm_`` scales by ``min(1, clip / norm)`` on the device);
-        the norm before clipping is logged as ``grad_norm/<name>``.
-
-        :param name: ``critic`` or ``actor``: which loss, aggregator and metrics.
-        :param task_args: tensors with a leading task dimension, the loss's inputs after ``params``.
-        :return: the ``[num_tasks]`` losses before the step (detached), and the loss's auxiliary
-            output (the actor's ``[num_tasks, b]`` log-probs; None for the critic).
-        """
-        aggregator = self.aggregators[name]
-        loss_fn = self._batch_loss[name]
-        has_aux = self._has_aux[name]
-        params = dict(module.named_parameters())
-        aux = None
-        if aggregator.uses_task_gradients or diagnostics:
-            grads, _, losses, *extra = self.task_gradients(module, self._task_loss[name], task_args,
-                                                           return_losses=True, has_aux=has_aux)  # [k, P], [k]
-            aux = extra[0] if has_aux else None
-        if diagnostics:
-            for key, value in gradient_diagnostics(grads).items():
-                metrics[f"aggregator/{name}/{key}"] = torch.as_tensor(value)
-        if aggregator.uses_task_gradients:
-            direction = aggregator.combine(grads)
-            optimizer.zero_grad(set_to_none=True)
-            assign_flat_grad(module, direction)
-        else:
-            losses, aux = loss_fn(params, *task_args) if has_aux else (loss_fn(params, *task_args), None)  # [k]
-            combined = aggregator.combine_losses(losses)
-            optimizer.zero_grad(set_to_none=True)
-            for p, g in zip(params.values(), torch.autograd.grad(combined, list(params.values()))):
-                p.grad = g
-        if self.cfg.grad_clip is not None:
-            metrics[f"grad_norm/{name}"] = torch.nn.utils.clip_grad_norm_(
-                params.values(), self.cfg.grad_clip, foreach=True).detach()
-        optimizer.step()
-        if aggregator.needs_update:  # FAMO learns its weights from the step's effect on the losses
-            with torch.no_grad():
-                new_losses = loss_fn(params, *task_args)
-                aggregator.update(new_losses[0] if has_aux else new_losses)
-        weights = aggregator.task_weights  # computed by the property: read it once
-        if weights is not None:
-            metrics[f"aggregator/{name}/weights"] = weights.detach()
-        return losses.detach(), aux
+    def note_weights(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Give each aggregator the weights of the last update, for its ``task_weights`` and ``state_dict``."""
+        for name, aggregator in self.aggregators.items():
+            weights = metrics.get(f"aggregator/{name}/weights")
+            if weights is not None:
+                aggregator.note_weights(weights)
 
     def state_dict(self) -> dict:
         """Everything needed to resume training exactly: networks, temperatures, optimizers, aggregators."""
@@ -320,3 +232,9 @@ class MTSAC:
         load_fused_adam_state(self.alpha_opt, state["alpha_opt"])
         for name, agg in self.aggregators.items():
             agg.load_state_dict(state["aggregators"][name])
+
+
+def _adam_hyper(optimizer: torch.optim.Adam) -> AdamHyper:
+    group = optimizer.param_groups[0]
+    return AdamHyper(float(group["lr"]), *map(float, group["betas"]), float(group["eps"]),
+                     float(group["weight_decay"]))

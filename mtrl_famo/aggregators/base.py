@@ -61,22 +61,54 @@ class Aggregator:
             f"[num_tasks, num_params] and call combine(G)"
         )
 
-    def graph_inputs(self, device: torch.device) -> tuple[Tensor, ...]:
-        """The random tensors the next ``combine`` draws, drawn now (default: none).
+    # -- the functional entry point --------------------------------------------
+    # The MT-SAC update (mtrl_famo.update) is one function, run eagerly, compiled as one graph
+    # and vmapped over a population's members. It uses an aggregator through these methods:
+    # ``state`` is a dict of tensors (this object's own, from functional_state(), or a
+    # population's stacked copy under vmap), read and updated in place; random numbers come
+    # in as ``draws`` (drawn before the update by draws()); nothing else of ``self`` changes.
 
-        A compiled update (``train.compile=graph``) cannot seed a generator inside its
-        graph: it draws these before the graph and passes them to :meth:`combine_with`.
+    #: False where the functional form keeps state on the host (a call counter that decides
+    #: what to compute, a solver's warm start): a population then runs each member's update
+    #: on its own instead of one update vmapped over the members.
+    vmappable: bool = True
+
+    def functional_state(self) -> dict[str, Tensor]:
+        """The tensors that the functional calls read and write in place: this object's own (default none)."""
+        return {}
+
+    def draws(self, device: torch.device) -> tuple[Tensor, ...]:
+        """The random tensors of the next call, drawn now from this object's stream (default: none).
+
+        A compiled or vmapped update cannot draw from a seeded generator inside itself.
         """
         return ()
 
-    def combine_with(self, G: Tensor, *inputs: Tensor) -> Tensor:
-        """``combine(G)`` with the random tensors of :meth:`graph_inputs` given (default: ``combine(G)``)."""
-        return self.combine(G)
+    def combine_fn(self, state: dict[str, Tensor], G: Tensor, *draws: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Gradient family: ``G`` ``[num_tasks, num_params]`` -> ``(direction [num_params], weights)``, the
+        weights ``[num_tasks]`` to log (None where the method has none)."""
+        raise NotImplementedError(f"{type(self).__name__} weights losses, not gradients: call loss_weights_fn")
+
+    def loss_weights_fn(self, state: dict[str, Tensor], losses: Tensor, *draws: Tensor) -> Tensor:
+        """Loss family: the detached ``losses`` ``[num_tasks]`` -> the weights ``lambda`` ``[num_tasks]`` of the
+        combined gradient ``sum_i lambda_i grad L_i`` (what ``combine_losses``'s scalar differentiates to)."""
+        raise NotImplementedError(f"{type(self).__name__} combines per-task gradients: call combine_fn")
+
+    def update_fn(self, state: dict[str, Tensor], losses: Tensor, new_losses: Tensor) -> None:
+        """Where ``needs_update``: learn from the step's effect, ``losses`` before and ``new_losses`` after it."""
+
+    def task_weights_fn(self, state: dict[str, Tensor], weights: Tensor) -> Tensor | None:
+        """Loss family: the ``[num_tasks]`` weights to log after the step, given this step's ``lambda``."""
+        return weights
+
+    def note_weights(self, weights: Tensor) -> None:
+        """Keep the ``[num_tasks]`` weights of the last functional call, for ``task_weights`` and
+        ``state_dict`` (where they are diagnostics the next call does not read; default: nothing)."""
 
     def graph_state(self) -> list[Tensor]:
-        """The tensors that ``combine``/``combine_losses``/``update`` change in place (default: none);
-        a CUDA graph needs their addresses fixed (``train.compile=graph``)."""
-        return []
+        """The tensors that the update changes in place (``functional_state``'s values); a CUDA
+        graph needs their addresses fixed (``train.compile=graph``)."""
+        return list(self.functional_state().values())
 
     def update(self, new_losses: Tensor) -> None:
         """Adapt internal state after the optimizer step (no-op unless overridden).

@@ -53,16 +53,30 @@ class CAGrad(Aggregator):
 
     def combine(self, G: Tensor) -> Tensor:
         """:param G: ``[num_tasks, num_params]``. :returns: ``[num_params]`` direction."""
+        direction, w, info = self._solve(G)
+        self.solver_info = info  # a new dict: a compiled update need not read the old
+        self._weights = w
+        return direction
+
+    def combine_fn(self, state: dict, G: Tensor, *draws: Tensor) -> tuple[Tensor, Tensor]:
+        """``combine(G)`` and ``w*`` ``[num_tasks]``, nothing kept."""
+        direction, w, _ = self._solve(G)
+        return direction, w
+
+    def _solve(self, G: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The direction ``[num_params]``, ``w*`` ``[num_tasks]`` and the solver's ``gap`` and ``gw_norm``."""
         G = self._check_matrix(G, check_values=False)
         gram = gram_matrix(G, check=self.immediate_checks)  # [k, k] float64, on G's device
         w, coef, gap, gw_norm = torch.ops.mtrl_famo.cagrad_solve(gram, self.c, self.iterations)
-        self.solver_info = {"gap": gap, "gw_norm": gw_norm}  # a new dict: a compiled update need not read the old
-        self._weights = w
+        info = {"gap": gap, "gw_norm": gw_norm}
         if self.c == 0.0:
-            return G.mean(dim=0)
+            return G.mean(dim=0), w, info
         # d = (g0 + coef * g_w) / (1 + c^2) = alpha @ G
         alpha = (1.0 / self.num_tasks + coef * w) / (1.0 + self.c**2)
-        return alpha.to(G.dtype) @ G
+        return alpha.to(G.dtype) @ G, w, info
+
+    def note_weights(self, weights: Tensor) -> None:
+        self._weights = weights
 
     @property
     def task_weights(self) -> Tensor | None:
@@ -219,3 +233,13 @@ def cagrad_solve(gram: Tensor, c: float, iterations: int) -> tuple[Tensor, Tenso
 def _cagrad_solve_shapes(gram: Tensor, c: float, iterations: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     scalar = gram.new_empty((), dtype=torch.float64)
     return gram.new_empty(gram.shape[0], dtype=torch.float64), scalar, scalar.clone(), scalar.clone()
+
+
+@cagrad_solve.register_vmap
+def _cagrad_solve_members(info, in_dims, gram: Tensor, c: float, iterations: int):
+    """Under a population's vmap: one solve per member (``gram`` ``[N, k, k]``), results stacked."""
+    (gram_dim, _, _) = in_dims
+    if gram_dim is None:
+        return cagrad_solve(gram, c, iterations), (None, None, None, None)
+    outs = [cagrad_solve(g, c, iterations) for g in gram.movedim(gram_dim, 0)]
+    return tuple(torch.stack(parts) for parts in zip(*outs)), (0, 0, 0, 0)

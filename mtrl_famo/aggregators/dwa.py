@@ -63,25 +63,37 @@ class DWA(Aggregator):
             from the history before this call; then this call's losses join the history.
         """
         losses = self._check_losses(losses)
-        detached = losses.detach()
-        if self.immediate_checks and not bool((detached >= 0).all()):
-            bad = (detached < 0).nonzero().flatten().tolist()
+        if self.history.device != losses.device:
+            self.to(losses.device)
+        return (self.loss_weights_fn(self.functional_state(), losses.detach()) * losses).sum()
+
+    # -- functional form (mtrl_famo.update) --------------------------------------
+    #: the call count, on the host, decides whether the windows are full
+    vmappable = False
+
+    def functional_state(self) -> dict[str, Tensor]:
+        """``history`` ``[2 * window, num_tasks]`` (oldest first) and the last ``weights`` ``[num_tasks]``."""
+        return {"history": self.history, "weights": self._weights}
+
+    def loss_weights_fn(self, state: dict[str, Tensor], losses: Tensor, *draws: Tensor) -> Tensor:
+        """``k softmax(r / T)`` from the history before this call (all 1 until two windows are full);
+        then ``losses`` join the history and the call count grows."""
+        if self.immediate_checks and not bool((losses >= 0).all()):
+            bad = (losses < 0).nonzero().flatten().tolist()
             raise ValueError(f"DWA needs non-negative task losses (it divides window means of them); "
-                             f"tasks {bad} have losses {[round(float(detached[i]), 6) for i in bad]}")
-        device = losses.device
-        if self.history.device != device:
-            self.history = self.history.to(device)
+                             f"tasks {bad} have losses {[round(float(losses[i]), 6) for i in bad]}")
+        history = state["history"]
         if self.calls >= 2 * self.window:
-            older = self.history[: self.window].mean(dim=0)  # L(t-2), [num_tasks]
-            recent = self.history[self.window:].mean(dim=0)  # L(t-1), [num_tasks]
+            older = history[: self.window].mean(dim=0)  # L(t-2), [num_tasks]
+            recent = history[self.window:].mean(dim=0)  # L(t-1), [num_tasks]
             ratio = recent / older.clamp_min(torch.finfo(older.dtype).tiny)
             weights = self.num_tasks * torch.softmax(ratio / self.temperature, dim=0)
         else:
-            weights = torch.ones(self.num_tasks, device=device, dtype=detached.dtype)
-        self._weights = weights
-        self.history = torch.cat([self.history[1:], detached.to(self.history.dtype)[None]])
+            weights = torch.ones_like(history[0])
+        state["weights"].copy_(weights)
+        history.copy_(torch.cat([history[1:], losses.to(history.dtype)[None]]))
         self.calls += 1
-        return (weights * losses).sum()
+        return weights.to(losses.dtype)
 
     @property
     def task_weights(self) -> Tensor:

@@ -31,6 +31,8 @@ class FairGrad(GramianWeighted):
     :param max_iters: least-squares function evaluations (``0``: SciPy's default, ``100 k``).
     """
 
+    vmappable = False  # the solver runs on the host, on each member's Gram matrix
+
     def __init__(self, num_tasks: int, alpha: float = 2.0, max_iters: int = 0) -> None:
         super().__init__(num_tasks)
         self.alpha = check_float("alpha", alpha, min_value=0.0, strict=True)

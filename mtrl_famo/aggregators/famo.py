@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtrl_famo.optim import adam_step_, adam_tensors, fused_adam, load_fused_adam_state
+from mtrl_famo.optim import AdamTensors, adam_step_, adam_tensors, fused_adam, load_fused_adam_state
 
 from .base import Aggregator, check_float
 
@@ -70,14 +70,9 @@ class FAMO(Aggregator):
         :returns: scalar whose gradient is ``sum_i lambda_i grad losses_i``.
         """
         losses = self._check_losses(losses)
-        device = losses.device
-        l = losses - self.min_losses.to(device) + self.eps
-        l_detached = l.detach()
-        self._check_positive(l_detached, losses.detach())
-        z = self.task_weights.to(device)
-        weights = z / l_detached
-        weights = weights / weights.sum()
-        self._prev_losses = l_detached.clone()
+        l = losses - self.min_losses.to(losses.device) + self.eps
+        weights = self.loss_weights_fn(self.functional_state(), losses.detach())
+        self._prev_losses = l.detach().clone()
         self._loss_weights = weights
         return (weights * l).sum()
 
@@ -96,14 +91,46 @@ class FAMO(Aggregator):
         device = self.logits.device
         l_new = new_losses.to(device) - self.min_losses.to(device) + self.eps
         self._check_positive(l_new, new_losses)
-        delta = self._prev_losses.to(device).log() - l_new.log()
-        # The gradient of z . delta with respect to the logits (z = softmax(logits)), in
-        # closed form, and the logits' Adam step taken on the optimizer's own state:
-        # no autograd call and no optimizer object, so a compiled update can trace it.
-        z = torch.softmax(self.logits.detach(), dim=0)
-        grad = z * (delta - (z * delta).sum())
-        adam_step_(adam_tensors(self._optimizer), [grad])
+        self._logit_step(self.functional_state(), self._prev_losses.to(device), l_new)
         self._prev_losses = None
+
+    # -- functional form (mtrl_famo.update) --------------------------------------
+    def functional_state(self) -> dict[str, Tensor]:
+        """``logits`` ``[num_tasks]`` and its Adam state (``exp_avg``, ``exp_avg_sq``, 0-dim ``step``)."""
+        adam = adam_tensors(self._optimizer)
+        return {"logits": adam.params[0], "exp_avg": adam.exp_avg[0], "exp_avg_sq": adam.exp_avg_sq[0],
+                "step": adam.steps[0]}
+
+    def loss_weights_fn(self, state: dict[str, Tensor], losses: Tensor, *draws: Tensor) -> Tensor:
+        """``lambda = (z / l) / sum(z / l)`` ``[num_tasks]``, ``z = softmax(logits)``, ``l = losses - min_losses + eps``."""
+        l = losses - self.min_losses.to(losses.device) + self.eps
+        self._check_positive(l, losses)
+        weights = torch.softmax(state["logits"].detach(), dim=0).to(l.dtype) / l
+        return weights / weights.sum()
+
+    def update_fn(self, state: dict[str, Tensor], losses: Tensor, new_losses: Tensor) -> None:
+        """The logits' Adam step from ``losses`` (before the network's step) and ``new_losses`` (after)."""
+        shift = self.eps - self.min_losses.to(losses.device)
+        self._logit_step(state, losses + shift, new_losses + shift)
+
+    def task_weights_fn(self, state: dict[str, Tensor], weights: Tensor) -> Tensor:
+        """``z = softmax(logits)`` after the step (the weights of the next call)."""
+        return torch.softmax(state["logits"].detach(), dim=0)
+
+    def _logit_step(self, state: dict[str, Tensor], l_prev: Tensor, l_new: Tensor) -> None:
+        """``delta = log l_prev - log l_new``; one Adam step of the logits on ``J_softmax^T delta``.
+
+        The gradient of ``z . delta`` with respect to the logits in closed form, and Adam on the
+        state's tensors: no autograd call and no optimizer object, so that the update compiles and vmaps.
+        """
+        logits = state["logits"]
+        delta = (l_prev.log() - l_new.log()).to(logits.dtype)
+        z = torch.softmax(logits.detach(), dim=0)
+        grad = z * (delta - (z * delta).sum())
+        group = self._optimizer.param_groups[0]
+        adam = AdamTensors([logits], [state["exp_avg"]], [state["exp_avg_sq"]], [state["step"]], self.w_lr,
+                           *group["betas"], group["eps"], self.gamma)
+        adam_step_(adam, [grad])
 
     @property
     def task_weights(self) -> Tensor:
@@ -114,11 +141,6 @@ class FAMO(Aggregator):
     def loss_weights(self) -> Tensor | None:
         """``[num_tasks]``, the ``lambda`` of the last ``combine_losses`` (None before it)."""
         return None if self._loss_weights is None else self._loss_weights.clone()
-
-    def graph_state(self) -> list[Tensor]:
-        """``logits`` and its Adam state, which the update steps in place."""
-        adam = adam_tensors(self._optimizer)
-        return [*adam.params, *adam.exp_avg, *adam.exp_avg_sq, *adam.steps]
 
     def state_dict(self) -> dict[str, Any]:
         """Logits, the logits' Adam state, the pending previous losses and last weights."""

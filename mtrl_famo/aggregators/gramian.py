@@ -92,11 +92,18 @@ class GramianWeighted(Aggregator):
 
     def combine(self, G: Tensor) -> Tensor:
         """:param G: ``[num_tasks, num_params]``. :returns: ``[num_params]`` direction ``w @ G``."""
+        direction, self._weights = self.combine_fn({}, G)
+        return direction
+
+    def combine_fn(self, state: dict, G: Tensor, *draws: Tensor) -> tuple[Tensor, Tensor]:
+        """``(w @ G, w)`` for ``G`` ``[num_tasks, num_params]``, nothing kept."""
         G = self._check_matrix(G, check_values=False)
         gram = gram_matrix(G, check=self.immediate_checks)  # [k, k] float64, on G's device
         w = self.weights_from_gram(gram)
-        self._weights = w
-        return w.to(G.dtype) @ G
+        return w.to(G.dtype) @ G, w
+
+    def note_weights(self, weights: Tensor) -> None:
+        self._weights = weights
 
     @property
     def task_weights(self) -> Tensor | None:

@@ -35,6 +35,8 @@ class MGDA(GramianWeighted):
     :param num_tasks: number of tasks ``k``.
     """
 
+    vmappable = False  # the solver runs on the host, on each member's Gram matrix
+
     def __init__(self, num_tasks: int) -> None:
         super().__init__(num_tasks)
         require_modules("mgda", ("qpsolvers", "quadprog"), "torchjd[quadprog-projector]>=0.18,<0.19")

@@ -70,8 +70,16 @@ class NashMTL(GramianWeighted):
                 self._solver.prvs_alpha = self._alpha.cpu().numpy().astype(np.float64)
         return self._solver
 
+    #: the call counter decides when to solve, and the solver warm-starts on the host
+    vmappable = False
+
     def combine(self, G: Tensor) -> Tensor:
         """:param G: ``[num_tasks, num_params]``. :returns: ``[num_params]`` direction."""
+        direction, self._weights = self.combine_fn({}, G)
+        return direction
+
+    def combine_fn(self, state: dict, G: Tensor, *draws: Tensor) -> tuple[Tensor, Tensor]:
+        """The direction and its weights ``[num_tasks]``; advances the schedule and the warm start (on ``self``)."""
         G = self._check_matrix(G, check_values=False)
         if self._alpha is None or self.calls % self.update_weights_every == 0:
             gram = gram_matrix(G, check=self.immediate_checks)
@@ -85,8 +93,7 @@ class NashMTL(GramianWeighted):
             scale = (self.max_norm / direction.norm().clamp_min(torch.finfo(G.dtype).tiny)).clamp_max(1.0)
             direction = direction * scale
             w = w * scale.to(w.dtype)
-        self._weights = w
-        return direction
+        return direction, w
 
     def _solve(self, gram: Tensor) -> Tensor:
         """The bargaining weights for the CPU float64 ``gram`` ``[k, k]``."""

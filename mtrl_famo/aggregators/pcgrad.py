@@ -50,35 +50,36 @@ class PCGrad(CallSeeded, Aggregator):
 
     def combine(self, G: Tensor) -> Tensor:
         """:param G: ``[num_tasks, num_params]``. :returns: ``[num_params]`` direction."""
-        return self.combine_with(G, *self.graph_inputs(G.device))
+        return self.combine_fn({}, G, *self.draws(G.device))[0]
 
-    def graph_inputs(self, device: torch.device) -> tuple[Tensor, ...]:
+    def draws(self, device: torch.device) -> tuple[Tensor, ...]:
         """``(order,)``: the next call's projection orders ``[k, k - 1]`` (none for one task)."""
         return (self._orders(device),) if self.num_tasks > 1 else ()
 
-    def combine_with(self, G: Tensor, *inputs: Tensor) -> Tensor:
-        """``combine(G)`` with the projection orders ``[k, k - 1]`` drawn by :meth:`graph_inputs`."""
+    def combine_fn(self, state: dict, G: Tensor, *draws: Tensor) -> tuple[Tensor, None]:
+        """``combine(G)`` with the projection orders ``[k, k - 1]`` drawn by :meth:`draws`; no weights."""
         G = self._check_matrix(G, check_values=False)
         k = self.num_tasks
         if k == 1:
             if self.immediate_checks:
                 gram_matrix(G)  # the NaN/inf check
-            return G[0].clone()
-        (order,) = inputs
+            return G[0].clone(), None
+        (order,) = draws
         gram = gram_matrix(G, check=self.immediate_checks)  # [k, k] float64, on G's device
 
         # Step t of row i projects against task order[i, t]. Gathered once:
         # rows[i, t] = gram[order[i, t]] (its dots with every task) and
         # hits[i, t] = e_{order[i, t]} / |g_{order[i, t]}|^2 (where the step writes).
+        # Out of place throughout: under a population's vmap, gram and order carry a member dimension.
         sq_norms = gram.diagonal().clamp_min(torch.finfo(torch.float64).tiny)
         rows = gram[order].unbind(1)  # k - 1 tensors [k, k]
         hits = torch.zeros(k, k - 1, k, dtype=torch.float64, device=G.device)
-        hits = hits.scatter_(2, order[..., None], sq_norms.reciprocal()[order][..., None]).unbind(1)
+        hits = hits.scatter(2, order[..., None], sq_norms.reciprocal()[order][..., None]).unbind(1)
         coef = torch.eye(k, dtype=torch.float64, device=G.device)  # coef[i] @ G: projected g_i
         for row, hit in zip(rows, hits):
             dots = torch.linalg.vecdot(coef, row)  # [k]: (projected g_i) . g_j
-            coef.addcmul_(dots.clamp_max(0.0)[:, None], hit, value=-1.0)  # only where g_i . g_j < 0
-        return coef.mean(dim=0).to(G.dtype) @ G
+            coef = coef - dots.clamp_max(0.0)[:, None] * hit  # only where g_i . g_j < 0
+        return coef.mean(dim=0).to(G.dtype) @ G, None
 
     def _orders(self, device: torch.device) -> Tensor:
         """``[k, k - 1]`` int64 on ``device``: row ``i`` a random order of the tasks other than ``i``."""

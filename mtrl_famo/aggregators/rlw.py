@@ -49,11 +49,23 @@ class RLW(CallSeeded, Aggregator):
         self._weights = weights
         return (weights * losses).sum()
 
+    def draws(self, device: torch.device) -> tuple[Tensor]:
+        """``(weights,)``: the next call's ``softmax(eps)`` ``[num_tasks]`` (advances the call count)."""
+        return (self.draw(device),)
+
+    def loss_weights_fn(self, state: dict, losses: Tensor, *draws: Tensor) -> Tensor:
+        """The drawn weights ``[num_tasks]`` (:meth:`draws`)."""
+        (weights,) = draws
+        return weights.to(losses.dtype)
+
     def draw(self, device: torch.device | str = "cpu") -> Tensor:
         """The next weights of the stream, ``softmax(eps)`` ``[num_tasks]`` float32 on ``device``
         (advances the call count)."""
         eps = torch.randn(self.num_tasks, generator=self.next_generator(device), device=device)
         return torch.softmax(eps, dim=0)
+
+    def note_weights(self, weights: Tensor) -> None:
+        self._weights = weights
 
     @property
     def task_weights(self) -> Tensor | None:

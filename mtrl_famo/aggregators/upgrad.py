@@ -33,6 +33,8 @@ class UPGrad(GramianWeighted):
     #: the registry name, for messages.
     name = "upgrad"
 
+    vmappable = False  # the solver runs on the host, on each member's Gram matrix
+
     def __init__(self, num_tasks: int, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> None:
         super().__init__(num_tasks)
         self.norm_eps = check_float("norm_eps", norm_eps, min_value=0.0)

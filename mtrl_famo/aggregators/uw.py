@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mtrl_famo.optim import adam_step_, adam_tensors, fused_adam, load_fused_adam_state
+from mtrl_famo.optim import AdamTensors, adam_step_, adam_tensors, fused_adam, load_fused_adam_state
 
 from .base import Aggregator, check_float
 
@@ -73,16 +73,9 @@ class UW(Aggregator):
             ``sum_i exp(-s_i) grad L_i``); afterwards ``s`` has taken one Adam step.
         """
         losses = self._check_losses(losses)
-        if self.immediate_checks and not bool((losses.detach() >= 0).all()):
-            bad = (losses.detach() < 0).nonzero().flatten().tolist()
-            raise ValueError(f"UW needs non-negative task losses (with L < 0, exp(-s) L + s has no minimum in s); "
-                             f"tasks {bad} have losses {[round(float(losses[i]), 6) for i in bad]}")
-        s = self.log_vars.detach().to(losses.device)
-        combined = (torch.exp(-s) * losses).sum() + s.sum()
-        self._loss_weights = torch.exp(-s)
-        # The Adam step on s, on the optimizer's own state (no optimizer.step(): a compiled update traces this).
-        adam_step_(adam_tensors(self._optimizer), [self.log_var_gradient(losses.detach()).to(self.log_vars.device)])
-        return combined
+        s = self.log_vars.detach().to(losses.device).clone()  # before the step on s
+        self._loss_weights = self.loss_weights_fn(self.functional_state(), losses.detach())
+        return (torch.exp(-s) * losses).sum() + s.sum()
 
     def log_var_gradient(self, losses: Tensor) -> Tensor:
         """``[num_tasks]``: the gradient of ``sum_i exp(-s_i) L_i + s_i`` with respect to ``s``
@@ -91,6 +84,31 @@ class UW(Aggregator):
         :param losses: ``[num_tasks]`` task losses (detached).
         """
         return 1.0 - torch.exp(-self.log_vars.detach().to(losses.device)) * losses
+
+    # -- functional form (mtrl_famo.update) --------------------------------------
+    def functional_state(self) -> dict[str, Tensor]:
+        """``log_vars`` ``s`` ``[num_tasks]`` and its Adam state (``exp_avg``, ``exp_avg_sq``, 0-dim ``step``)."""
+        adam = adam_tensors(self._optimizer)
+        return {"log_vars": adam.params[0], "exp_avg": adam.exp_avg[0], "exp_avg_sq": adam.exp_avg_sq[0],
+                "step": adam.steps[0]}
+
+    def loss_weights_fn(self, state: dict[str, Tensor], losses: Tensor, *draws: Tensor) -> Tensor:
+        """``exp(-s)`` ``[num_tasks]`` (before the step), then one Adam step on ``s`` along ``1 - exp(-s) L``."""
+        if self.immediate_checks and not bool((losses >= 0).all()):
+            bad = (losses < 0).nonzero().flatten().tolist()
+            raise ValueError(f"UW needs non-negative task losses (with L < 0, exp(-s) L + s has no minimum in s); "
+                             f"tasks {bad} have losses {[round(float(losses[i]), 6) for i in bad]}")
+        s = state["log_vars"]
+        weights = torch.exp(-s.detach()).to(losses.dtype)
+        group = self._optimizer.param_groups[0]
+        adam = AdamTensors([s], [state["exp_avg"]], [state["exp_avg_sq"]], [state["step"]], self.lr,
+                           *group["betas"], group["eps"], 0.0)
+        adam_step_(adam, [(1.0 - weights * losses).to(s.dtype)])  # the closed-form gradient in s
+        return weights
+
+    def task_weights_fn(self, state: dict[str, Tensor], weights: Tensor) -> Tensor:
+        """``exp(-s)`` after the step on ``s`` (the weights of the next call)."""
+        return torch.exp(-state["log_vars"].detach())
 
     @property
     def loss_weights(self) -> Tensor | None:
@@ -101,11 +119,6 @@ class UW(Aggregator):
     def task_weights(self) -> Tensor:
         """``[num_tasks]``, ``exp(-s)`` (detached): the weights of the next ``combine_losses``."""
         return torch.exp(-self.log_vars.detach())
-
-    def graph_state(self) -> list[Tensor]:
-        """``log_vars`` and its Adam state, which the update steps in place."""
-        adam = adam_tensors(self._optimizer)
-        return [*adam.params, *adam.exp_avg, *adam.exp_avg_sq, *adam.steps]
 
     def state_dict(self) -> dict[str, Any]:
         """The log-variances ``s`` and their Adam state."""
