@@ -92,12 +92,15 @@ def adam_step_(adam: AdamTensors, grads: list[torch.Tensor]) -> None:
         return
     for param, grad, exp_avg, exp_avg_sq, step in zip(adam.params, grads, adam.exp_avg, adam.exp_avg_sq,
                                                       adam.steps):
+        # The fused CPU kernel's arithmetic, in its order (its scalars in float64), so that a
+        # population's members round as their single runs do.
         step.add_(1.0)
         if adam.weight_decay:
             grad = grad + adam.weight_decay * param
-        exp_avg.mul_(adam.beta1).add_(grad, alpha=1.0 - adam.beta1)
-        exp_avg_sq.mul_(adam.beta2).addcmul_(grad, grad, value=1.0 - adam.beta2)
-        bias_correction1 = 1.0 - torch.pow(adam.beta1, step)
-        bias_correction2_sqrt = (1.0 - torch.pow(adam.beta2, step)).sqrt()
+        exp_avg.add_(grad - exp_avg, alpha=1.0 - adam.beta1)
+        exp_avg_sq.copy_(torch.addcmul(exp_avg_sq * adam.beta2, grad, grad, value=1.0 - adam.beta2))
+        step64 = step.to(torch.float64)
+        step_size = (adam.lr / (1.0 - torch.pow(adam.beta1, step64))).to(param.dtype)
+        bias_correction2_sqrt = (1.0 - torch.pow(adam.beta2, step64)).sqrt().to(param.dtype)
         denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + adam.eps
-        param.sub_(adam.lr * exp_avg / (bias_correction1 * denom))
+        param.sub_(step_size * exp_avg / denom)

@@ -19,7 +19,10 @@ import torch
 
 from conftest import TINY, last_task_weights, run_cli
 from mtrl_famo.aggregators import AGGREGATORS, MissingExtraError, make_aggregator
-from mtrl_famo.aggregators.stacked import stack_aggregators
+from mtrl_famo.buffer import Batch
+from mtrl_famo.config import AGGREGATOR_SCHEMAS, AgentConfig
+from mtrl_famo.sac import MTSAC
+from mtrl_famo.stacked_sac import StackedMTSAC
 
 ZOO = ("mgda", "imtlg", "alignedmtl", "upgrad", "dualproj", "fairgrad", "nashmtl")
 
@@ -298,17 +301,30 @@ def test_our_cagrad_matches_torchjd(seed, c):
 # -- populations, help, end to end ----------------------------------------------------------------
 
 def test_a_population_of_upgrad_and_nashmtl_members_computes_what_each_member_does():
+    """Host solvers run member by member inside the population's update (each member's own
+    schedule and warm start): every member's metrics and solver state are its single agent's."""
     for name, options in (("upgrad", {}), ("nashmtl", {"update_weights_every": 2})):
         if name == "nashmtl":
             pytest.importorskip("cvxpy")
-        members = [make_aggregator(name, 3, **options) for _ in range(2)]
-        singles = [make_aggregator(name, 3, **options) for _ in range(2)]
-        stacked = stack_aggregators(members)
-        assert stacked.task_weights is None
-        for seed in range(3):
-            G = torch.stack([random_matrix(3, 6, 10 * seed + i) for i in range(2)])
-            torch.testing.assert_close(stacked.combine(G), torch.stack([s.combine(g) for s, g in zip(singles, G)]))
-            torch.testing.assert_close(stacked.task_weights, torch.stack([s.task_weights for s in singles]))
+
+        def agent(seed):
+            torch.manual_seed(seed)
+            return MTSAC(12, 4, 3, AgentConfig(hidden_sizes=[8]), AGGREGATOR_SCHEMAS[name](**options), "cpu",
+                         immediate_checks=False)
+
+        singles, population = [agent(s) for s in (0, 1)], StackedMTSAC([agent(s) for s in (0, 1)])
+        assert not population.vmapped
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            batch = Batch(*(torch.rand(2, 3, 4, *shape, generator=gen) for shape in ((12,), (4,), (), (12,), ())))
+            stacked = population.update(batch)
+            single = [a.update(Batch(*(field[i] for field in batch))) for i, a in enumerate(singles)]
+            for key, value in stacked.items():
+                expected = torch.stack([m[key] for m in single]).to(value.dtype)
+                torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-5, msg=key)
+        population.write_back()
+        for single, member in zip(singles, population.members):
+            assert member.aggregators["critic"].state_dict().keys() == single.aggregators["critic"].state_dict().keys()
 
 
 def test_train_help_lists_the_zoo_with_its_options():

@@ -13,12 +13,12 @@ import torch
 
 from conftest import TINY, assert_usage_error, last_task_weights, run_cli
 from mtrl_famo.aggregators import make_aggregator
-from mtrl_famo.aggregators.stacked import stack_aggregators
 from mtrl_famo.buffer import ReplayBuffer
 from mtrl_famo.config import AGGREGATOR_SCHEMAS, AgentConfig, ConfigError
 from mtrl_famo.runconfig import compose_config
 from mtrl_famo.sac import MTSAC
 from mtrl_famo.stacked_sac import StackedMTSAC
+from test_population import assert_vmapped_functional_form_is_the_objects
 
 NAMES = ["uw", "dwa", "rlw"]
 SMALL = {"uw": {}, "dwa": {"window": 2}, "rlw": {"seed": 3}}  # DWA leaves its warm-up after 4 calls
@@ -227,18 +227,19 @@ def test_rlw_accepts_negative_losses():
 
 # ---------------------------------------------------------------------------- populations
 @pytest.mark.parametrize("name", NAMES)
-def test_stacked_form_is_the_members(name):
+def test_functional_form_is_the_objects(name):
+    """The population's view of each: vmap of the functional form over stacked states (DWA, whose
+    call count lives on the host, goes member by member: a population of one per call)."""
     options = (lambda s: {"seed": s}) if name == "rlw" else (lambda s: SMALL[name])
-    singles = [make_aggregator(name, 3, **options(s)) for s in range(2)]
-    stacked = stack_aggregators([make_aggregator(name, 3, **options(s)) for s in range(2)])
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(6):
-        losses = torch.rand(2, 3, generator=gen) + 0.1
-        expected = torch.stack([a.combine_losses(row) for a, row in zip(singles, losses)])
-        torch.testing.assert_close(stacked.combine_losses(losses), expected)
-        torch.testing.assert_close(stacked.task_weights, torch.stack([a.task_weights for a in singles]))
+    make = lambda: [make_aggregator(name, 3, **options(s)) for s in range(2)]  # noqa: E731
+    singles, members = make(), make()
+    if name == "dwa":
+        for single, member in zip(singles, members):
+            assert_vmapped_functional_form_is_the_objects([single], [member], steps=6)
+    else:
+        assert_vmapped_functional_form_is_the_objects(singles, members, steps=6)
     if name == "rlw":  # each member follows its own seed
-        assert not torch.equal(stacked.task_weights[0], stacked.task_weights[1])
+        assert not torch.equal(singles[0].task_weights, singles[1].task_weights)
 
 
 def _agent(seed: int, name: str) -> MTSAC:

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.func import vmap
+from torch.utils._pytree import tree_map
 
 from conftest import TINY, assert_usage_error, run_cli
 from mtrl_famo.aggregators import make_aggregator
-from mtrl_famo.aggregators.stacked import stack_aggregators
 from mtrl_famo.buffer import ReplayBuffer
 from mtrl_famo.config import AGGREGATOR_SCHEMAS, AgentConfig
 from mtrl_famo.sac import MTSAC
@@ -31,32 +32,47 @@ RTOL, ATOL = 1e-4, 1e-5
 
 # ---------------------------------------------------------------------------- no envs
 @pytest.mark.parametrize("name", AGGREGATORS)
-def test_stacked_aggregator_is_the_members_aggregators(name):
+def test_vmapped_functional_aggregator_is_the_members_aggregators(name):
     k, P, N = 4, 30, 3
     options = {"pcgrad": lambda s: {"seed": s}, "cagrad": lambda s: {"c": 0.7}}.get(name, lambda s: {})
     singles = [make_aggregator(name, k, **options(s)) for s in range(N)]
-    stacked = stack_aggregators([make_aggregator(name, k, **options(s)) for s in range(N)])
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(5):
-        G = torch.randn(N, k, P, generator=gen)
-        if stacked.uses_task_gradients:
-            expected = torch.stack([a.combine(g) for a, g in zip(singles, G)])
-            torch.testing.assert_close(stacked.combine(G), expected, rtol=1e-5, atol=1e-6)
+    assert_vmapped_functional_form_is_the_objects(singles, [make_aggregator(name, k, **options(s)) for s in range(N)])
+
+
+def assert_vmapped_functional_form_is_the_objects(singles: list, members: list, steps: int = 5) -> None:
+    """``vmap`` of the functional entry point over the members' stacked states (each member's own draws)
+    computes what each member's object API computes, and leaves the state it leaves."""
+    template, gen = members[0], torch.Generator().manual_seed(0)
+    template.immediate_checks = False
+    state = tree_map(lambda *ts: torch.stack(ts), *[m.functional_state() for m in members])
+    N, k = len(members), template.num_tasks
+    for _ in range(steps):
+        draws = tree_map(lambda *ts: torch.stack(ts), *[m.draws(torch.device("cpu")) for m in members])
+        if template.uses_task_gradients:
+            G = torch.randn(N, k, 30, generator=gen, dtype=torch.float64)
+            direction, *weights = vmap(lambda s, g, d: [t for t in template.combine_fn(s, g, *d) if t is not None])(
+                state, G, draws)  # PCGrad has no weights
+            weights = weights[0] if weights else None
+            torch.testing.assert_close(direction, torch.stack([a.combine(g) for a, g in zip(singles, G)]))
         else:
             losses, new = torch.rand(N, k, generator=gen) + 0.1, torch.rand(N, k, generator=gen) + 0.1
-            expected = torch.stack([a.combine_losses(l) for a, l in zip(singles, losses)])
-            torch.testing.assert_close(stacked.combine_losses(losses), expected)
-            for a, l in zip(singles, new):
-                a.update(l)
-            stacked.update(new)
+
+            def step(s, l, l_new, d):
+                lam = template.loss_weights_fn(s, l, *d)
+                template.update_fn(s, l, l_new)
+                return lam, template.task_weights_fn(s, lam)
+
+            lam, weights = vmap(step)(state, losses, new, draws)
+            for a, row, row_new in zip(singles, losses, new):
+                a.combine_losses(row)
+                a.update(row_new)
+            expected = [a.task_weights if a.loss_weights is None else a.loss_weights for a in singles]
+            torch.testing.assert_close(lam, torch.stack(expected).to(lam.dtype))
         if singles[0].task_weights is not None:
-            torch.testing.assert_close(stacked.task_weights.double(),
-                                       torch.stack([a.task_weights for a in singles]).double())
-    stacked.write_to_members()
-    for single, member in zip(singles, stacked.members):
-        for key, value in single.state_dict().items():
-            if isinstance(value, torch.Tensor):
-                torch.testing.assert_close(member.state_dict()[key], value)
+            torch.testing.assert_close(weights.double(), torch.stack([a.task_weights for a in singles]).double())
+    for i, single in enumerate(singles):
+        for key, value in single.functional_state().items():
+            torch.testing.assert_close(state[key][i], value)
 
 
 def _agent(seed: int, aggregator: str, **agent_options) -> MTSAC:
@@ -210,9 +226,9 @@ def test_one_members_nan_stops_the_population_and_names_it(tmp_path):
     update = trainer.agent.update
 
     def update_with_nan_in_member_1(batch, diagnostics=False):  # seed 4's critic breaks at its first update
-        if trainer.agent.optimizers["critic"].state == {}:
+        if not trainer.agent.state["adam"]["critic"]["step"][0].any():
             with torch.no_grad():
-                next(iter(trainer.agent.params["critic"].values()))[1].fill_(float("nan"))
+                next(iter(trainer.agent.state["params"]["critic"].values()))[1].fill_(float("nan"))
         return update(batch, diagnostics)
 
     trainer.agent.update = update_with_nan_in_member_1
