@@ -88,9 +88,10 @@ def population_configs(overrides: Sequence[str], node, run_dir: str | None = Non
         member, resume = runconfig.train_config([*member_overrides, f"seed={seed}"], composed=member)
         configs.append(member)
         resumes.append(resume)
-    if configs[0].train.compile != "none":
+    if configs[0].train.compile not in ("none", "graph"):
         raise ConfigError(f"train.compile={configs[0].train.compile!r} is not supported with seeds=[...] (the "
-                          f"population's update is vmapped over members); allowed: none")
+                          f"population's update is vmapped over members, compiled whole or not at all); "
+                          f"allowed: none, graph")
     if any(resumes) and not all(resumes):
         have = [c.seed for c, r in zip(configs, resumes) if r]
         raise ConfigError(f"population {population_dir}: members {have} have a checkpoint and "
@@ -128,7 +129,7 @@ class PopulationTrainer:
         self.cfg = self.members[0].cfg
         self.lengths = self.members[0].lengths
         self.num_tasks = self.members[0].num_tasks
-        self.agent = StackedMTSAC([m.agent for m in self.members])
+        self.agent = StackedMTSAC([m.agent for m in self.members], compile=self.cfg.train.compile == "graph")
         self.step = 0
         #: wall seconds spent choosing actions, in gradient updates and waiting for the envs (all members).
         self.timing = {"act": 0.0, "update": 0.0, "env": 0.0}

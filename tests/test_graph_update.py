@@ -119,3 +119,37 @@ def test_graph_mode_refuses_aggregators_it_cannot_capture(tmp_path):
     proc = run_cli("train", *TINY, "train.compile=graph", "aggregator=upgrad", f"run_dir={tmp_path / 'run'}")
     assert_usage_error(proc, "train.compile=graph does not support aggregator='upgrad'")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("aggregator", ["mean", "famo", "pcgrad"])
+def test_a_compiled_population_equals_its_members_single_eager_runs(aggregator):
+    """Issue 21: the vmapped update of 3 members compiled as one graph, against each member's single
+    eager agent (its own seed, batches and streams), with the population tests' tolerances."""
+    from mtrl_famo.stacked_sac import StackedMTSAC
+
+    def member(seed: int) -> MTSAC:
+        torch.manual_seed(seed)
+        apply_to = ["critic"] if aggregator in CRITIC_ONLY_AGGREGATORS else ["critic", "actor"]
+        options = {"seed": seed} if aggregator == "pcgrad" else {}
+        return MTSAC(OBS, ACT, K, AgentConfig(hidden_sizes=[32, 32]),
+                     AGGREGATOR_SCHEMAS[aggregator](apply_to=apply_to, **options), immediate_checks=False)
+
+    seeds = (0, 1, 2)
+    singles = [member(s) for s in seeds]
+    population = StackedMTSAC([member(s) for s in seeds], compile=True, backend="aot_eager")
+    counter = CompileCounterWithBackend("aot_eager")
+    population._update = torch.compile(population._update._torchdynamo_orig_callable, fullgraph=True,
+                                       dynamic=False, backend=counter)
+    batches = [random_batches(4) for _ in seeds]
+    for step in range(4):
+        diagnostics = step == 2
+        single = [a.update(b[step], diagnostics) for a, b in zip(singles, batches)]
+        stacked = population.update(Batch(*(torch.stack(f) for f in zip(*(b[step] for b in batches)))), diagnostics)
+        assert stacked.keys() == single[0].keys()
+        for key, value in stacked.items():
+            expected = torch.stack([m[key] for m in single]).to(value.dtype)
+            torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-5, msg=key)
+    assert counter.frame_count == 2  # one graph per diagnostics value
+    population.write_back()
+    for single, member_agent in zip(singles, population.members):
+        assert_same(agent_tensors(single), agent_tensors(member_agent))
