@@ -1,16 +1,18 @@
 """MT-SAC updates on a fixed batch of real MT10 transitions, with every aggregator."""
 
 import copy
+from pathlib import Path
 import math
 
 import pytest
 import torch
 
-from mtrl_famo.buffer import ReplayBuffer
+from mtrl_famo.buffer import Batch, ReplayBuffer
 from mtrl_famo.config import AGGREGATOR_SCHEMAS, AgentConfig, BenchmarkConfig
 from mtrl_famo.envs import make_envs, true_next_obs
 from mtrl_famo.networks import Actor, squashed_sample
 from mtrl_famo.sac import MTSAC, critic_loss_fn, polyak_update
+from mtrl_famo.stacked_sac import StackedMTSAC
 
 K, OBS_DIM, ACT_DIM = 10, 49, 4
 
@@ -144,3 +146,55 @@ def test_state_dict_round_trip_reproduces_the_next_update(mt10_batch):
     b = clone.update(mt10_batch)
     for key in ("losses/critic", "losses/actor", "aggregator/critic/weights"):
         torch.testing.assert_close(a[key], b[key])
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints_d024f2c"
+
+
+def _fixture_agent(folder: Path, aggregator: str, seed: int = 0) -> tuple[MTSAC, dict]:
+    """An agent of the fixtures' configuration (tiny MT10) with the saved agent state loaded."""
+    state = torch.load(folder / "checkpoint.pt", weights_only=False)["agent"]
+    options = {"apply_to": ["critic"]} if aggregator == "famo" else {"seed": seed}
+    agent = MTSAC(49, 4, 10, AgentConfig(hidden_sizes=[32, 32]), AGGREGATOR_SCHEMAS[aggregator](**options),
+                  immediate_checks=False)
+    agent.load_state_dict(state)
+    return agent, state
+
+
+def _tree_shapes(tree):
+    if isinstance(tree, dict):
+        return {key: _tree_shapes(value) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_tree_shapes(value) for value in tree]
+    return tuple(tree.shape) if isinstance(tree, torch.Tensor) else type(tree).__name__
+
+
+def test_checkpoints_written_before_the_one_update_load_update_and_keep_their_format():
+    """Issue 21: checkpoints of main at d024f2c (a FAMO run, a PCGrad population of 2) load into
+    the one-update agent and population, train on, and save in the same format."""
+    generator = torch.Generator().manual_seed(0)
+    one_hot = torch.eye(10)[:, None, :].expand(10, 8, 10)
+
+    def batch() -> Batch:
+        obs = lambda: torch.cat([torch.rand(10, 8, 39, generator=generator), one_hot], -1)  # noqa: E731
+        return Batch(obs(), torch.rand(10, 8, 4, generator=generator) * 2 - 1, torch.rand(10, 8, generator=generator),
+                     obs(), torch.zeros(10, 8))
+
+    agent, saved = _fixture_agent(FIXTURES / "single", "famo")
+    assert torch.equal(agent.aggregators["critic"].logits.detach(), saved["aggregators"]["critic"]["logits"])
+    for _ in range(2):
+        metrics = agent.update(batch())
+    assert all(torch.isfinite(value).all() for value in metrics.values())
+    assert _tree_shapes(agent.state_dict()) == _tree_shapes(saved)
+    assert not torch.equal(agent.state_dict()["actor"]["net.0.weight"], saved["actor"]["net.0.weight"])
+
+    members = [_fixture_agent(FIXTURES / "pop" / f"s{seed}", "pcgrad", seed) for seed in (0, 1)]
+    population = StackedMTSAC([member for member, _ in members])
+    for i, (_, state) in enumerate(members):  # the stacked state is the members' saved state
+        torch.testing.assert_close(population.state["params"]["critic"]["q1.0.weight"][i],
+                                   state["critic"]["q1.0.weight"], rtol=0, atol=0)
+    population.update(Batch(*(torch.stack(field) for field in zip(batch(), batch()))))
+    population.write_back()
+    for member, state in members:
+        assert _tree_shapes(member.state_dict()) == _tree_shapes(state)
+        assert member.state_dict()["aggregators"]["critic"]["calls"] == state["aggregators"]["critic"]["calls"] + 1
