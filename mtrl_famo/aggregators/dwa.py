@@ -78,6 +78,7 @@ class DWA(Aggregator):
     def loss_weights_fn(self, state: dict[str, Tensor], losses: Tensor, *draws: Tensor) -> Tensor:
         """``k softmax(r / T)`` from the history before this call (all 1 until two windows are full);
         then ``losses`` join the history and the call count grows."""
+        losses = self._check_losses(losses)
         if self.immediate_checks and not bool((losses >= 0).all()):
             bad = (losses < 0).nonzero().flatten().tolist()
             raise ValueError(f"DWA needs non-negative task losses (it divides window means of them); "

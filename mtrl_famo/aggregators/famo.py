@@ -103,7 +103,7 @@ class FAMO(Aggregator):
 
     def loss_weights_fn(self, state: dict[str, Tensor], losses: Tensor, *draws: Tensor) -> Tensor:
         """``lambda = (z / l) / sum(z / l)`` ``[num_tasks]``, ``z = softmax(logits)``, ``l = losses - min_losses + eps``."""
-        l = losses - self.min_losses.to(losses.device) + self.eps
+        l = self._check_losses(losses) - self.min_losses.to(losses.device) + self.eps
         self._check_positive(l, losses)
         weights = torch.softmax(state["logits"].detach(), dim=0).to(l.dtype) / l
         return weights / weights.sum()

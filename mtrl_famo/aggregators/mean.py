@@ -33,11 +33,11 @@ class Mean(Aggregator):
 
     def combine_fn(self, state: dict, G: Tensor, *draws: Tensor) -> tuple[Tensor, Tensor]:
         """:param G: ``[num_tasks, num_params]``. :returns: ``G.mean(0)`` and the weights, all ``1 / num_tasks``."""
-        return G.mean(dim=0), G.new_full((self.num_tasks,), 1.0 / self.num_tasks)
+        return self._check_matrix(G).mean(dim=0), G.new_full((self.num_tasks,), 1.0 / self.num_tasks)
 
     def loss_weights_fn(self, state: dict, losses: Tensor, *draws: Tensor) -> Tensor:
         """:param losses: ``[num_tasks]``. :returns: ``[num_tasks]``, all ``1 / num_tasks``."""
-        return torch.full_like(losses, 1.0 / self.num_tasks)
+        return torch.full_like(self._check_losses(losses), 1.0 / self.num_tasks)
 
     def note_weights(self, weights: Tensor) -> None:
         self._loss_weights = weights

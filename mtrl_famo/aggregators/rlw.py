@@ -56,7 +56,7 @@ class RLW(CallSeeded, Aggregator):
     def loss_weights_fn(self, state: dict, losses: Tensor, *draws: Tensor) -> Tensor:
         """The drawn weights ``[num_tasks]`` (:meth:`draws`)."""
         (weights,) = draws
-        return weights.to(losses.dtype)
+        return weights.to(self._check_losses(losses).dtype)
 
     def draw(self, device: torch.device | str = "cpu") -> Tensor:
         """The next weights of the stream, ``softmax(eps)`` ``[num_tasks]`` float32 on ``device``

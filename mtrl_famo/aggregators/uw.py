@@ -94,6 +94,7 @@ class UW(Aggregator):
 
     def loss_weights_fn(self, state: dict[str, Tensor], losses: Tensor, *draws: Tensor) -> Tensor:
         """``exp(-s)`` ``[num_tasks]`` (before the step), then one Adam step on ``s`` along ``1 - exp(-s) L``."""
+        losses = self._check_losses(losses)
         if self.immediate_checks and not bool((losses >= 0).all()):
             bad = (losses < 0).nonzero().flatten().tolist()
             raise ValueError(f"UW needs non-negative task losses (with L < 0, exp(-s) L + s has no minimum in s); "
