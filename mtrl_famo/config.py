@@ -30,7 +30,7 @@ VECTOR_STRATEGIES = ("sync", "async")
 COMPILE_MODES = ("none", "task_gradients", "all", "graph")
 #: The aggregators whose update ``train.compile=graph`` captures as one graph (their
 #: combine runs on the device with no host read; see ``graph_update``).
-GRAPH_AGGREGATORS = ("mean", "famo", "uw", "pcgrad", "cagrad", "imtlg", "alignedmtl")
+GRAPH_AGGREGATORS = ("mean", "famo", "uw", "rlw", "pcgrad", "cagrad", "imtlg", "alignedmtl")
 PROTOCOLS = ("default", "metaworld_plus", "famo_paper", "cagrad_paper")
 #: ``agent.init`` and ``agent.log_std_mode`` values (``networks`` builds and checks them too).
 INIT_SCHEMES = ("torch", "reference", "orthogonal")

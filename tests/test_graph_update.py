@@ -74,7 +74,7 @@ def assert_same(eager: dict[str, torch.Tensor], graph: dict[str, torch.Tensor]) 
 
 @pytest.mark.parametrize("aggregator, options", [("mean", "options"), ("famo", "plain"),
                                                  ("pcgrad", "plain"), ("cagrad", "options"), ("imtlg", "plain"),
-                                                 ("alignedmtl", "plain"), ("uw", "plain")])
+                                                 ("alignedmtl", "plain"), ("uw", "plain"), ("rlw", "plain")])
 def test_graph_update_equals_eager_and_compiles_once_per_diagnostics_value(aggregator, options):
     eager = make_agent(aggregator, options)
     counter = CompileCounterWithBackend("aot_eager")
