@@ -176,6 +176,13 @@ class Aggregator:
             check_finite(losses, name)
         return losses
 
+    def _check_non_negative(self, losses: Tensor, why: str) -> None:
+        """With ``immediate_checks``, raise ValueError naming the tasks whose loss is negative."""
+        if self.immediate_checks and not bool((losses >= 0).all()):
+            bad = (losses < 0).nonzero().flatten().tolist()
+            raise ValueError(f"{type(self).__name__} needs non-negative task losses ({why}); "
+                             f"tasks {bad} have losses {[round(float(losses[i]), 6) for i in bad]}")
+
     def _check_state_keys(self, state: dict[str, Any], expected: set[str]) -> None:
         if not isinstance(state, dict):
             raise ValueError(f"expected a state dict for {self!r}, got {type(state).__name__}")
@@ -185,6 +192,20 @@ class Aggregator:
                 f"state dict does not match {self!r}: missing keys {sorted(missing)}, "
                 f"unexpected keys {sorted(unexpected)}"
             )
+
+
+class LastWeights:
+    """Mixin: the ``[num_tasks]`` weights of the last call, kept for ``task_weights`` and ``state_dict``."""
+
+    _weights: Tensor | None = None
+
+    def note_weights(self, weights: Tensor) -> None:
+        self._weights = weights
+
+    @property
+    def task_weights(self) -> Tensor | None:
+        """``[num_tasks]``, the weights of the last call (None before the first)."""
+        return None if self._weights is None else self._weights.clone()
 
 
 def gram_matrix(G: Tensor, check: bool = True) -> Tensor:

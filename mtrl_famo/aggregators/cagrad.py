@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Aggregator, check_float, gram_matrix
+from .base import Aggregator, LastWeights, check_float, gram_matrix
 
 
-class CAGrad(Aggregator):
+class CAGrad(LastWeights, Aggregator):
     """CAGrad (Liu et al. 2021, "Conflict-Averse Gradient Descent for Multi-task Learning").
 
     With ``g0`` the mean of the rows of ``G`` and ``g_w = G^T w``, solve the dual
@@ -74,14 +74,6 @@ class CAGrad(Aggregator):
         # d = (g0 + coef * g_w) / (1 + c^2) = alpha @ G
         alpha = (1.0 / self.num_tasks + coef * w) / (1.0 + self.c**2)
         return alpha.to(G.dtype) @ G, w, info
-
-    def note_weights(self, weights: Tensor) -> None:
-        self._weights = weights
-
-    @property
-    def task_weights(self) -> Tensor | None:
-        """``[num_tasks]`` float64, the last ``w*`` (None before the first ``combine``)."""
-        return None if self._weights is None else self._weights.clone()
 
     def state_dict(self) -> dict[str, Any]:
         """``{"weights": last w* [num_tasks] or None}``."""

@@ -79,10 +79,7 @@ class DWA(Aggregator):
         """``k softmax(r / T)`` from the history before this call (all 1 until two windows are full);
         then ``losses`` join the history and the call count grows."""
         losses = self._check_losses(losses)
-        if self.immediate_checks and not bool((losses >= 0).all()):
-            bad = (losses < 0).nonzero().flatten().tolist()
-            raise ValueError(f"DWA needs non-negative task losses (it divides window means of them); "
-                             f"tasks {bad} have losses {[round(float(losses[i]), 6) for i in bad]}")
+        self._check_non_negative(losses, "it divides window means of them")
         history = state["history"]
         if self.calls >= 2 * self.window:
             older = history[: self.window].mean(dim=0)  # L(t-2), [num_tasks]

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .base import Aggregator, gram_matrix
+from .base import Aggregator, LastWeights, gram_matrix
 
 
 class MissingExtraError(ValueError):
@@ -71,7 +71,7 @@ def host_weights(solve: Callable[[Tensor], Tensor], gram: Tensor) -> Tensor:
     return w.to(gram.device)
 
 
-class GramianWeighted(Aggregator):
+class GramianWeighted(LastWeights, Aggregator):
     """Base class: direction ``w @ G`` with ``w`` ``[num_tasks]`` from the Gram matrix.
 
     Subclasses implement :meth:`weights_from_gram`; those with more state than the last
@@ -101,14 +101,6 @@ class GramianWeighted(Aggregator):
         gram = gram_matrix(G, check=self.immediate_checks)  # [k, k] float64, on G's device
         w = self.weights_from_gram(gram)
         return w.to(G.dtype) @ G, w
-
-    def note_weights(self, weights: Tensor) -> None:
-        self._weights = weights
-
-    @property
-    def task_weights(self) -> Tensor | None:
-        """``[num_tasks]`` float64, the weights of the last ``combine`` (None before the first)."""
-        return None if self._weights is None else self._weights.clone()
 
     def state_dict(self) -> dict[str, Any]:
         """``{"weights": the last weights [num_tasks] or None}`` (diagnostic only: the next

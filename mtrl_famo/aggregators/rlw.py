@@ -7,11 +7,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Aggregator
+from .base import Aggregator, LastWeights
 from .seeded import CallSeeded
 
 
-class RLW(CallSeeded, Aggregator):
+class RLW(CallSeeded, LastWeights, Aggregator):
     """Random loss weighting (Lin, Ye, Xu, Shi and Zhang 2022, "Reasonable Effectiveness of
     Random Weighting: A Litmus Test for Multi-Task Learning", TMLR).
 
@@ -63,14 +63,6 @@ class RLW(CallSeeded, Aggregator):
         (advances the call count)."""
         eps = torch.randn(self.num_tasks, generator=self.next_generator(device), device=device)
         return torch.softmax(eps, dim=0)
-
-    def note_weights(self, weights: Tensor) -> None:
-        self._weights = weights
-
-    @property
-    def task_weights(self) -> Tensor | None:
-        """``[num_tasks]``, the weights of the last ``combine_losses`` (None before it); sum 1."""
-        return None if self._weights is None else self._weights.clone()
 
     def state_dict(self) -> dict[str, Any]:
         """``{"seed": int, "calls": int, "weights": last weights or None}``."""

@@ -95,10 +95,7 @@ class UW(Aggregator):
     def loss_weights_fn(self, state: dict[str, Tensor], losses: Tensor, *draws: Tensor) -> Tensor:
         """``exp(-s)`` ``[num_tasks]`` (before the step), then one Adam step on ``s`` along ``1 - exp(-s) L``."""
         losses = self._check_losses(losses)
-        if self.immediate_checks and not bool((losses >= 0).all()):
-            bad = (losses < 0).nonzero().flatten().tolist()
-            raise ValueError(f"UW needs non-negative task losses (with L < 0, exp(-s) L + s has no minimum in s); "
-                             f"tasks {bad} have losses {[round(float(losses[i]), 6) for i in bad]}")
+        self._check_non_negative(losses, "with L < 0, exp(-s) L + s has no minimum in s")
         s = state["log_vars"]
         weights = torch.exp(-s.detach()).to(losses.dtype)
         group = self._optimizer.param_groups[0]
