@@ -14,7 +14,8 @@ class Batch(NamedTuple):
     Shapes: ``obs``/``next_obs`` ``[num_tasks, per_task_batch, obs_dim]``,
     ``actions`` ``[num_tasks, per_task_batch, act_dim]``, ``rewards`` and
     ``terminated`` ``[num_tasks, per_task_batch]`` (terminated is 1.0 only for a
-    true terminal state; time-limit truncation is 0.0 and gets bootstrapped).
+    true terminal state; time-limit truncation is 0.0 and gets bootstrapped, unless
+    ``train.truncation_as_done`` stores it as 1.0).
     """
 
     obs: torch.Tensor
