@@ -14,7 +14,8 @@ class Batch(NamedTuple):
     Shapes: ``obs``/``next_obs`` ``[num_tasks, per_task_batch, obs_dim]``,
     ``actions`` ``[num_tasks, per_task_batch, act_dim]``, ``rewards`` and
     ``terminated`` ``[num_tasks, per_task_batch]`` (terminated is 1.0 only for a
-    true terminal state; time-limit truncation is 0.0 and gets bootstrapped).
+    true terminal state; time-limit truncation is 0.0 and gets bootstrapped, unless
+    ``train.truncation_as_done`` stores it as 1.0).
     """
 
     obs: torch.Tensor
@@ -34,11 +35,16 @@ class ReplayBuffer:
     staging rows ``[num_tasks, row_dim]`` and copied asynchronously, so the
     loop does not wait for the copy; a staging row is reused only after its
     copy of two steps before has finished (a CUDA event, long done by then).
+
+    :param shared_indices: ``sample`` draws one set of time indices and takes those rows of
+        every task's partition (Meta-World+ b025cdb ``rl/buffers.py:359-373``); otherwise
+        each task draws its own.
     """
 
     def __init__(self, num_tasks: int, capacity_per_task: int, obs_dim: int, act_dim: int,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", shared_indices: bool = False):
         self.num_tasks = num_tasks
+        self.shared_indices = shared_indices
         self.capacity = capacity_per_task
         self.obs_dim = obs_dim
         self.act_dim = act_dim
@@ -86,11 +92,12 @@ class ReplayBuffer:
         self.size = min(self.size + 1, self.capacity)
 
     def sample(self, per_task_batch: int, generator: torch.Generator | None = None) -> Batch:
-        """``per_task_batch`` rows drawn uniformly (with replacement) from each task's partition."""
+        """``per_task_batch`` rows drawn uniformly (with replacement) from each task's partition
+        (with ``shared_indices``, the same time indices in every partition)."""
         if self.size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
-        idx = torch.randint(0, self.size, (self.num_tasks, per_task_batch), device=self.device,
-                            generator=generator)
+        idx = torch.randint(0, self.size, (1 if self.shared_indices else self.num_tasks, per_task_batch),
+                            device=self.device, generator=generator).expand(self.num_tasks, -1)
         rows = torch.gather(self.storage, 1, idx[..., None].expand(-1, -1, self.row_dim))
         o, a = self.obs_dim, self.act_dim
         return Batch(

@@ -23,7 +23,7 @@ BENCHMARKS = ("mt1", "mt10", "mt50")
 AGGREGATOR_NAMES = ("mean", "famo", "pcgrad", "cagrad",
                     "mgda", "imtlg", "alignedmtl", "upgrad", "dualproj", "fairgrad", "nashmtl",
                     "uw", "dwa", "rlw")
-AGGREGATED_LOSSES = ("critic", "actor")
+AGGREGATED_LOSSES = ("critic", "actor", "alpha")
 #: ``aggregator.scale_mode`` of alignedmtl (``aggregators.alignedmtl.SCALE_MODES``).
 ALIGNED_MTL_SCALE_MODES = ("min", "median", "rmse")
 VECTOR_STRATEGIES = ("sync", "async")
@@ -31,12 +31,27 @@ COMPILE_MODES = ("none", "task_gradients", "all", "graph")
 #: The aggregators whose update ``train.compile=graph`` captures as one graph (their
 #: combine runs on the device with no host read; see ``graph_update``).
 GRAPH_AGGREGATORS = ("mean", "famo", "uw", "rlw", "pcgrad", "cagrad", "imtlg", "alignedmtl")
-PROTOCOLS = ("default", "metaworld_plus", "famo_paper", "cagrad_paper")
+PROTOCOLS = ("default", "metaworld_plus", "famo_paper", "cagrad_paper", "param_scaling")
+#: ``agent.critic_loss_reduction``: how the twin critics' squared TD errors combine.
+CRITIC_LOSS_REDUCTIONS = ("sum", "mean")
+#: ``agent.alpha_loss_reduction`` and ``agent.alpha_loss_form`` (docs/protocols.md gives the formulas).
+ALPHA_LOSS_REDUCTIONS = ("task_sum", "mean")
+ALPHA_LOSS_FORMS = ("log_alpha", "alpha")
+#: ``benchmark.reward_normalization``: Meta-World 3's ``reward_normalization_method`` (null = off).
+REWARD_NORMALIZATIONS = ("exponential", "gymnasium")
+#: ``aggregator.order`` of pcgrad, ``aggregator.reduction`` of alignedmtl, ``aggregator.max_norm_mode``
+#: of nashmtl, ``aggregator.scaling`` of famo (each aggregator module checks them too).
+PCGRAD_ORDERS = ("per_task", "shared")
+ALIGNED_MTL_REDUCTIONS = ("mean", "sum")
+NASH_MTL_MAX_NORM_MODES = ("clip", "divide")
+FAMO_SCALINGS = ("paper", "released")
 #: ``agent.init`` and ``agent.log_std_mode`` values (``networks`` builds and checks them too).
-INIT_SCHEMES = ("torch", "reference", "orthogonal")
+INIT_SCHEMES = ("torch", "reference", "orthogonal", "xavier")
 LOG_STD_MODES = ("tanh", "clip")
 #: Highest ``benchmark.max_episode_steps``: Meta-World's ``max_path_length``; the env raises past it.
 METAWORLD_MAX_EPISODE_STEPS = 500
+#: Highest ``benchmark.num_goals``: Meta-World's ``_N_GOALS`` default, the goal variants its benchmarks draw.
+METAWORLD_NUM_GOALS = 50
 TASKS_PER_BENCHMARK = {"mt1": 1, "mt10": 10, "mt50": 50}
 MAX_SEED = 2**31 - 1  # environments are reset with seed + step; NumPy and torch take it as an unsigned int
 
@@ -57,7 +72,14 @@ class BenchmarkConfig:
     name: str = doc("mt10", "Meta-World benchmark: mt1 (one task), mt10 or mt50")
     env_name: Optional[str] = doc(None, "task for mt1, e.g. reach-v3 (ignored by mt10/mt50)")
     vector_strategy: str = doc("sync", "gymnasium vector env strategy: sync or async (one process per task)")
-    max_episode_steps: int = doc(500, "episode length (time-limit truncation, bootstrapped)")
+    max_episode_steps: int = doc(500, "episode length (time-limit truncation; see train.truncation_as_done)")
+    task_onehot: bool = doc(True, "append the task one-hot to the observation (Meta-World's use_one_hot); false: "
+                                  "no task id reaches the networks, as in the FAMO/CAGrad runs on mtrl")
+    reward_normalization: Optional[str] = doc(None, "Meta-World's per-task reward_normalization_method: null (off), "
+                                                    "exponential (running variance, rate 0.001: mtenv's "
+                                                    "NormalizedEnvWrapper, which mtrl hard-codes) or gymnasium")
+    num_goals: int = doc(50, "goal/object variants per task (Meta-World's num_goals): 50 (Meta-World default) or "
+                             "1 (one fixed goal per task for the whole run, shared by the evaluation envs, as mtenv)")
     cagrad_c: float = doc(0.5, "this benchmark's default CAGrad c (0.9 on MT10, 0.5 on MT50)")
 
     @property
@@ -72,7 +94,9 @@ class AggregatorConfig:
 
     name: str = doc("mean", "how per-task losses are combined: mean, famo, pcgrad, cagrad, mgda, imtlg, "
                             "alignedmtl, upgrad, dualproj, fairgrad, nashmtl, uw, dwa or rlw")
-    apply_to: List[str] = doc(["critic", "actor"], "which losses the aggregator combines (others use the mean)")
+    apply_to: List[str] = doc(["critic", "actor"], "which losses the aggregator combines, of critic, actor, alpha "
+                                                   "(others use the mean; alpha: the temperature losses too, as "
+                                                   "mtrl's gradient-manipulation agents)")
 
 
 @dataclass
@@ -88,12 +112,17 @@ class FamoAggregatorConfig(AggregatorConfig):
     gamma: float = doc(0.001, "weight decay of FAMO's task logits")
     min_losses: float = doc(0.0, "lower bound of every task loss (FAMO works on loss - min_losses)")
     eps: float = doc(1e-8, "added to every loss so a loss at its minimum stays finite")
+    scaling: str = doc("paper", "paper: weights (z/l) / sum(z/l) (Liu et al. 2023; Cranial-XIX/FAMO famo.py:32-33); "
+                                "released: (z/l) * sum(z/l), as FAMO's released RL code (mtrl_files/famo.py:374-375)")
 
 
 @dataclass
 class PCGradAggregatorConfig(AggregatorConfig):
     name: str = "pcgrad"
     seed: int = doc(0, "seed of PCGrad's own projection-order generator (the YAML default: the run's seed)")
+    order: str = doc("per_task", "per_task: an independent random order of the other tasks for each task (Yu et al. "
+                                 "2020); shared: one random permutation of all tasks per call walked by every task, "
+                                 "itself included (Meta-World+ optim/pcgrad.py:63-80 at b025cdb)")
 
 
 @dataclass
@@ -142,7 +171,10 @@ class IMTLGAggregatorConfig(AggregatorConfig):
 class AlignedMTLAggregatorConfig(AggregatorConfig):
     name: str = "alignedmtl"
     scale_mode: str = doc("min", "Aligned-MTL's scale of the aligned gradients: min (Senushkin et al. 2023, "
-                                 "Algorithm 1; TorchJD's default), median, or rmse (the authors' code)")
+                                 "Algorithm 1; the authors' default, SamsungLabs/MTL optim/aligned/balancer.py:10), "
+                                 "median or rmse (solver.py:26-31)")
+    reduction: str = doc("mean", "mean: the aligned gradients averaged (TorchJD); sum: summed over tasks, k times "
+                                 "the mean (the authors' code, SamsungLabs/MTL optim/aligned/balancer.py:24)")
 
 
 @dataclass
@@ -173,8 +205,11 @@ class NashMTLAggregatorConfig(AggregatorConfig):
     update_weights_every: int = doc(1, "Nash-MTL: recompute the weights every N updates (authors' default 1, "
                                        "AvivNavon/nash-mtl experiments/utils.py)")
     optim_niter: int = doc(20, "Nash-MTL: convex problems per recomputation (authors' default 20)")
-    max_norm: float = doc(1.0, "Nash-MTL: clip the update to this norm, 0 = off (authors' default 1.0, "
+    max_norm: float = doc(1.0, "Nash-MTL: bound on the update's norm, 0 = off (authors' default 1.0, "
                                "methods/weight_methods.py)")
+    max_norm_mode: str = doc("clip", "clip: rescale an update longer than max_norm to max_norm (AvivNavon/nash-mtl "
+                                     "clip_grad_norm_); divide: divide it by max_norm, a no-op at 1.0 (FAMO's RL "
+                                     "code, Cranial-XIX/FAMO mtrl_files/nashmtl.py:193-194)")
 
 
 AGGREGATOR_SCHEMAS = {
@@ -222,13 +257,24 @@ class AgentConfig:
                                     "clip (hard clamp, Meta-World+ reference)")
     multi_head: bool = doc(False, "one output layer per task on a shared trunk (Meta-World+ MTMHSAC)")
     init: str = doc("torch", "weight init: torch (PyTorch default), reference (He-uniform, small uniform "
-                             "output layers; Meta-World+) or orthogonal (pytorch_sac/mtrl)")
+                             "output layers; Meta-World+), orthogonal (pytorch_sac) or xavier (xavier_uniform, "
+                             "zero biases; mtrl agent/utils.py:67-71)")
     adam_eps: float = doc(1e-8, "Adam epsilon of all three optimizers (Meta-World+ reference: 1e-5)")
     grad_clip: Optional[float] = doc(None, "clip each network's update (after the aggregator) to this global "
                                            "norm; null = off (Meta-World+ reference: 1.0)")
     shared_alpha: bool = doc(False, "one temperature for all tasks (mtrl/FAMO/CAGrad scripts) instead of one per task")
     max_q_value: Optional[float] = doc(None, "clip Q predictions and TD targets to [-max, max]; null = off "
-                                             "(Meta-World+ reference: 5000)")
+                                             "(Meta-World+ b025cdb mtsac.py:105: 5000; none at its head 30c9991)")
+    critic_loss_reduction: str = doc("sum", "twin critics' squared TD errors: sum (L1 + L2; mtrl sac.py:313-315) or "
+                                            "mean ((L1 + L2) / 2; Meta-World+ mtsac.py:312)")
+    alpha_loss_reduction: str = doc("task_sum", "temperature loss: task_sum (each task's row mean, the per-task "
+                                                "losses summed) or mean (over all k*b rows, each log alpha gets 1/k; "
+                                                "Meta-World+ mtsac.py:438, mtrl sac.py:417-420)")
+    alpha_loss_form: str = doc("log_alpha", "log_alpha: -log_alpha * (log_pi + target_entropy) (Meta-World+ "
+                                            "mtsac.py:438) or alpha: alpha * (-log_pi - target_entropy) "
+                                            "(mtrl sac.py:417-420)")
+    clip_actions: bool = doc(False, "clip sampled policy actions to +-(1 - float32 eps) before the env (Meta-World+ "
+                                    "nn/distributions.py:20-27 at b025cdb)")
 
 
 @dataclass
@@ -237,6 +283,13 @@ class TrainConfig:
     steps_per_task: int = doc(2_000_000, "environment steps per task when total_steps is not set")
     warmup_steps: Optional[int] = doc(None, "uniform-random-action steps before learning; default 4000 x tasks")
     updates_per_step: int = doc(1, "gradient updates per vector-env step")
+    warmup_burst: bool = doc(False, "when warm-up ends, one update per warm-up vector step at once (then "
+                                    "updates_per_step per step), as mtrl experiment/multitask.py:218-223")
+    truncation_as_done: bool = doc(False, "store time-limit truncation as done (no bootstrap), as Meta-World+ "
+                                          "b025cdb rl/algorithms/base.py:598; false bootstraps through it (its "
+                                          "head 30c9991, mtrl)")
+    shared_replay_indices: bool = doc(False, "one set of time indices per update shared by every task's partition "
+                                             "(Meta-World+ rl/buffers.py:359-373); false: each task draws its own")
     per_task_batch: int = doc(128, "replay rows per task in one update (batch = per_task_batch x tasks)")
     buffer_size: int = doc(1_000_000, "replay capacity in transitions, split evenly over tasks")
     checkpoint_every: Optional[int] = doc(None, "steps between checkpoints; default eval.every")
@@ -278,8 +331,12 @@ class ProtocolConfig:
     """Which published setup a run follows; set by ``protocol=NAME`` (``docs/protocols.md``)."""
 
     name: str = doc("default", "the protocol preset the run started from: default, metaworld_plus, famo_paper, "
-                               "cagrad_paper (reports never pool different protocols)")
+                               "cagrad_paper, param_scaling (reports never pool different protocols)")
     famo_gamma: float = doc(0.001, "FAMO's logit weight decay under this protocol (aggregator.gamma's default)")
+    famo_scaling: str = doc("paper", "FAMO's weight scaling under this protocol (aggregator.scaling's default)")
+    pcgrad_order: str = doc("per_task", "PCGrad's projection order under this protocol (aggregator.order's default)")
+    gradient_apply_to: List[str] = doc(["critic", "actor"], "the losses the gradient-family aggregators combine "
+                                                            "under this protocol (their aggregator.apply_to default)")
 
 
 @dataclass
@@ -356,6 +413,12 @@ def validate(cfg: Config) -> Config:
     _require(b.max_episode_steps <= METAWORLD_MAX_EPISODE_STEPS,
              f"benchmark.max_episode_steps={b.max_episode_steps} is above Meta-World's episode limit; "
              f"allowed: 1 to {METAWORLD_MAX_EPISODE_STEPS}")
+    _require(b.reward_normalization is None or b.reward_normalization in REWARD_NORMALIZATIONS,
+             f"benchmark.reward_normalization={b.reward_normalization!r}; allowed: null, "
+             f"{', '.join(REWARD_NORMALIZATIONS)}")
+    _check_steps(b.num_goals, "benchmark.num_goals")
+    _require(b.num_goals <= METAWORLD_NUM_GOALS,
+             f"benchmark.num_goals={b.num_goals}; allowed: 1 to {METAWORLD_NUM_GOALS} (Meta-World's goal variants)")
 
     _check_finite(cfg)
     a = cfg.aggregator
@@ -371,9 +434,12 @@ def validate(cfg: Config) -> Config:
             value = getattr(a, key)
             _require(value > low if strict else value >= low,
                      f"aggregator.{key}={value} must be {'>' if strict else '>='} {low:g}")
-    if hasattr(a, "scale_mode"):
-        _require(a.scale_mode in ALIGNED_MTL_SCALE_MODES,
-                 f"aggregator.scale_mode={a.scale_mode!r}; allowed: {', '.join(ALIGNED_MTL_SCALE_MODES)}")
+    for key, allowed in (("scale_mode", ALIGNED_MTL_SCALE_MODES), ("order", PCGRAD_ORDERS),
+                         ("reduction", ALIGNED_MTL_REDUCTIONS), ("max_norm_mode", NASH_MTL_MAX_NORM_MODES),
+                         ("scaling", FAMO_SCALINGS)):
+        if hasattr(a, key):
+            _require(getattr(a, key) in allowed,
+                     f"aggregator.{key}={getattr(a, key)!r}; allowed: {', '.join(allowed)}")
     for loss in a.apply_to:
         _require(loss in AGGREGATED_LOSSES,
                  f"aggregator.apply_to has {loss!r}; allowed: {', '.join(AGGREGATED_LOSSES)}")
@@ -382,6 +448,13 @@ def validate(cfg: Config) -> Config:
     _require(not (a.name in CRITIC_ONLY_AGGREGATORS and "actor" in a.apply_to),
              f"aggregator.apply_to=[..., actor] is not allowed with aggregator={a.name}: "
              f"{CRITIC_ONLY_AGGREGATORS.get(a.name)}; allowed: [critic]")
+    _require(not (a.name in CRITIC_ONLY_AGGREGATORS and "alpha" in a.apply_to),
+             f"aggregator.apply_to=[..., alpha] is not allowed with aggregator={a.name}: the temperature loss "
+             f"(alpha (-log pi - target entropy)) changes sign, as the actor's does ("
+             f"{CRITIC_ONLY_AGGREGATORS.get(a.name)}); allowed: [critic]")
+    _require(not (cfg.seeds is not None and getattr(a, "scaling", "paper") != "paper"),
+             f"aggregator.scaling={getattr(a, 'scaling', None)!r} is not available to a population (seeds=...): its "
+             f"stacked FAMO has the paper's scaling only; allowed: aggregator.scaling=paper, or one run per seed")
 
     ag = cfg.agent
     _require(len(ag.hidden_sizes) > 0 and all(h > 0 for h in ag.hidden_sizes),
@@ -395,6 +468,12 @@ def validate(cfg: Config) -> Config:
     _require(ag.log_std_mode in LOG_STD_MODES,
              f"agent.log_std_mode={ag.log_std_mode!r}; allowed: {', '.join(LOG_STD_MODES)}")
     _require(ag.init in INIT_SCHEMES, f"agent.init={ag.init!r}; allowed: {', '.join(INIT_SCHEMES)}")
+    for key, allowed in (("critic_loss_reduction", CRITIC_LOSS_REDUCTIONS),
+                         ("alpha_loss_reduction", ALPHA_LOSS_REDUCTIONS), ("alpha_loss_form", ALPHA_LOSS_FORMS)):
+        _require(getattr(ag, key) in allowed, f"agent.{key}={getattr(ag, key)!r}; allowed: {', '.join(allowed)}")
+    _require(not (ag.multi_head and not b.task_onehot),
+             "agent.multi_head=true needs benchmark.task_onehot=true: each row's task one-hot picks its head; "
+             "allowed: agent.multi_head=false, or benchmark.task_onehot=true")
     _require(math.isfinite(ag.adam_eps) and ag.adam_eps > 0, f"agent.adam_eps={ag.adam_eps} must be > 0")
     for key in ("grad_clip", "max_q_value"):
         value = getattr(ag, key)
@@ -404,6 +483,13 @@ def validate(cfg: Config) -> Config:
     p = cfg.protocol
     _require(p.name in PROTOCOLS, f"protocol.name={p.name!r}; allowed: {', '.join(PROTOCOLS)}")
     _require(p.famo_gamma >= 0, f"protocol.famo_gamma={p.famo_gamma} must be >= 0")
+    _require(p.famo_scaling in FAMO_SCALINGS,
+             f"protocol.famo_scaling={p.famo_scaling!r}; allowed: {', '.join(FAMO_SCALINGS)}")
+    _require(p.pcgrad_order in PCGRAD_ORDERS,
+             f"protocol.pcgrad_order={p.pcgrad_order!r}; allowed: {', '.join(PCGRAD_ORDERS)}")
+    _require(len(p.gradient_apply_to) > 0 and all(loss in AGGREGATED_LOSSES for loss in p.gradient_apply_to),
+             f"protocol.gradient_apply_to={list(p.gradient_apply_to)}; allowed: a non-empty list of "
+             f"{', '.join(AGGREGATED_LOSSES)}")
 
     t = cfg.train
     _check_steps(t.total_steps, "train.total_steps")

@@ -1,8 +1,10 @@
 """Meta-World benchmark factory: MT1 / MT10 / MT50 as gymnasium vector envs.
 
 Environment ``i`` of the vector env is task ``i``: its observation ends in the
-task's one-hot (Meta-World's ``OneHotWrapper``), and the replay buffer keeps one
-partition per environment.
+task's one-hot (Meta-World's ``OneHotWrapper``; ``benchmark.task_onehot=false`` leaves
+it out), and the replay buffer keeps one partition per environment. Reward
+normalisation and the number of goals per task are Meta-World's own options
+(``reward_normalization_method``, ``num_goals``).
 """
 
 from __future__ import annotations
@@ -39,21 +41,23 @@ def benchmark_task_names(cfg: BenchmarkConfig) -> list[str]:
 
 
 def make_envs(cfg: BenchmarkConfig, seed: int) -> gym.vector.VectorEnv:
-    """One environment per task, one-hot task ids, same-step autoreset.
+    """One environment per task, one-hot task ids (unless ``task_onehot`` is off), same-step autoreset.
 
     ``async`` runs one worker process per task, the observations passing through
     shared memory (gymnasium's ``AsyncVectorEnv(shared_memory=True)``, which
     Meta-World's MT10/MT50 constructors use; checked here).
 
-    :param cfg: benchmark config (name, env_name for mt1, vector strategy, episode length).
+    :param cfg: benchmark config (name, env_name for mt1, vector strategy, episode length, task one-hot,
+        reward normalisation, goals per task).
     :param seed: seeds the benchmark's goal positions, the envs and their action spaces.
     :return: a vector env with ``num_envs == num_tasks``; observations ``[num_tasks, obs_dim]``.
     """
     common = dict(
         seed=seed,
-        use_one_hot=True,
+        use_one_hot=cfg.task_onehot,
         max_episode_steps=cfg.max_episode_steps,
         reward_function_version="v2",
+        reward_normalization_method=cfg.reward_normalization,
     )
     with warnings.catch_warnings():
         # Meta-World declares float64 bounds for float32 spaces; gymnasium warns once per env.
@@ -71,12 +75,24 @@ def make_envs(cfg: BenchmarkConfig, seed: int) -> gym.vector.VectorEnv:
 def _make_vector_env(cfg: BenchmarkConfig, common: dict) -> gym.vector.VectorEnv:
     if cfg.name == "mt1":
         check_env_name(cfg.env_name)
+        set_num_goals(cfg.num_goals)
         # Meta-World registers MT1 as a single env; vectorise it like MT10/MT50 are.
         make_one = partial(metaworld.make_mt_envs, cfg.env_name, env_id=0, num_tasks=1, **common)
         vector_cls = gym.vector.SyncVectorEnv if cfg.vector_strategy == "sync" else gym.vector.AsyncVectorEnv
         options = {"shared_memory": True} if cfg.vector_strategy == "async" else {}
         return vector_cls([make_one], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, **options)
-    return gym.make_vec(_VECTOR_IDS[cfg.name], vector_strategy=cfg.vector_strategy, **common)
+    # Always passed: Meta-World keeps it in a module global, so a value from an earlier call would stay.
+    return gym.make_vec(_VECTOR_IDS[cfg.name], vector_strategy=cfg.vector_strategy, num_goals=cfg.num_goals, **common)
+
+
+def set_num_goals(num_goals: int) -> None:
+    """Meta-World's goals per task for the benchmarks built next in this process.
+
+    ``gym.make_vec("Meta-World/MT10", num_goals=n)`` sets Meta-World's module global
+    ``_N_GOALS`` (metaworld 3.1 ``__init__.py``, ``_mt_bench_vector_entry_point``); ``MT1``,
+    built here through ``make_mt_envs``, has no such keyword, so it is set the same way.
+    """
+    metaworld._N_GOALS = num_goals
 
 
 def task_names(envs: gym.vector.VectorEnv) -> list[str]:

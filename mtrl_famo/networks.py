@@ -20,7 +20,8 @@ from mtrl_famo.config import INIT_SCHEMES, LOG_STD_MODES
 
 # The allowed ``agent.init`` and ``agent.log_std_mode`` values live with the schema that checks them:
 # ``torch`` (PyTorch's default Linear init), ``reference`` (Meta-World+ reference: He-uniform hidden
-# layers, zero biases, small uniform output layers), ``orthogonal`` (pytorch_sac / mtrl ``weight_init``);
+# layers, zero biases, small uniform output layers), ``orthogonal`` (pytorch_sac), ``xavier`` (mtrl:
+# ``weight_init_linear``, xavier_uniform weights and zero biases on every Linear layer);
 # ``tanh`` squashes log std smoothly into its bounds (CleanRL, mtrl), ``clip`` clamps (Meta-World+).
 
 
@@ -78,6 +79,14 @@ def make_mlp(in_dim: int, hidden_sizes: Sequence[int], out_dim: int, num_tasks: 
     net = MultiHeadMLP(in_dim, hidden_sizes, out_dim, num_tasks) if multi_head else mlp(in_dim, hidden_sizes, out_dim)
     if init == "torch":
         return net
+    if init == "xavier":  # facebookresearch/mtrl@e282c3f mtrl/agent/utils.py:67-71, applied to every Linear
+        with torch.no_grad():
+            for layer in net.modules():
+                if isinstance(layer, nn.Linear):
+                    _xavier_uniform_per_head(layer, net.head.num_tasks if isinstance(net, MultiHeadMLP)
+                                             and layer is net.head.linear else 1)
+                    nn.init.zeros_(layer.bias)
+        return net
     *hidden, output = [m for m in net.modules() if isinstance(m, nn.Linear)]  # the output layer comes last
     with torch.no_grad():
         for layer in hidden if init == "reference" else [*hidden, output]:
@@ -90,6 +99,12 @@ def make_mlp(in_dim: int, hidden_sizes: Sequence[int], out_dim: int, num_tasks: 
             nn.init.uniform_(output.weight, -output_bound, output_bound)
             nn.init.uniform_(output.bias, -output_bound, output_bound)
     return net
+
+
+def _xavier_uniform_per_head(layer: nn.Linear, heads: int) -> None:
+    """``xavier_uniform_`` of each of ``heads`` stacked output layers, with its own fan-out (one layer: plain)."""
+    for block in layer.weight.chunk(heads, dim=0):
+        nn.init.xavier_uniform_(block)
 
 
 class Actor(nn.Module):

@@ -38,6 +38,7 @@ from mtrl_famo.config import Config, ConfigError
 from mtrl_famo.envs import step_async, step_wait, true_next_obs
 from mtrl_famo.run_files import CONFIG_FILE, RESULTS_FILE
 from mtrl_famo.stacked_sac import StackedMTSAC
+from mtrl_famo.step_rules import env_actions, stored_terminated, updates_at
 from mtrl_famo.train import Trainer, crossed
 from mtrl_famo.video.periodic import PeriodicVideos
 
@@ -238,7 +239,7 @@ class PopulationTrainer:
             clock = time.perf_counter()
             learning = prev_step >= n.warmup and members[0].buffer.size > 0
             if learning:
-                actions = self.agent.act(obs)  # [N, k, act_dim]
+                actions = env_actions(self.agent.act(obs), cfg.agent.clip_actions)  # [N, k, act_dim]
                 for m, a in zip(members, actions):
                     if not np.isfinite(a).all():
                         self._check_finite()
@@ -250,7 +251,8 @@ class PopulationTrainer:
 
             clock = time.perf_counter()
             if learning:
-                for u in range(cfg.train.updates_per_step):
+                for u in range(updates_at(prev_step, n.warmup, k, cfg.train.updates_per_step,
+                                          cfg.train.warmup_burst)):
                     batch = self.agent.sample([m.buffer for m in members], cfg.train.per_task_batch)
                     metrics = self.agent.update(batch, diagnostics=log_now and u == 0)
                     for i, m in enumerate(members):
@@ -266,7 +268,8 @@ class PopulationTrainer:
                 clock = time.perf_counter()
                 member_obs, rewards, terminated, truncated, infos = step_wait(m.envs, pending[i])
                 self.timing["env"] += time.perf_counter() - clock
-                m.buffer.add(obs[i], actions[i], rewards, true_next_obs(member_obs, infos), terminated)
+                m.buffer.add(obs[i], actions[i], rewards, true_next_obs(member_obs, infos),
+                             stored_terminated(terminated, truncated, cfg.train.truncation_as_done))
                 done = terminated | truncated
                 episode_success[i] |= m._step_success(infos, done)
                 m._log_finished_episodes(w, infos, done, episode_success[i])

@@ -27,6 +27,7 @@ from mtrl_famo.nonfinite import NonFiniteWatch
 from mtrl_famo.run_files import CONFIG_FILE, EVALS_FILE, RESULTS_FILE
 from mtrl_famo.runtime import configure_threads, resolve_device, seed_everything
 from mtrl_famo.sac import MTSAC
+from mtrl_famo.step_rules import env_actions, stored_terminated, updates_at
 from mtrl_famo.video import VIDEOS_DIR
 from mtrl_famo.video.periodic import PeriodicVideos
 
@@ -187,7 +188,8 @@ class Trainer:
                            immediate_checks=False, compile_mode=cfg.train.compile)
         self.nonfinite = NonFiniteWatch(self.agent.watched_metrics(), self.task_names, self.device)
         capacity = max(1, cfg.train.buffer_size // self.num_tasks)
-        self.buffer = ReplayBuffer(self.num_tasks, capacity, obs_dim, act_dim, self.device)
+        self.buffer = ReplayBuffer(self.num_tasks, capacity, obs_dim, act_dim, self.device,
+                                   shared_indices=cfg.train.shared_replay_indices)
         self.step = 0
         self.evals: list[EvalResult] = []
         #: wall seconds spent choosing actions, in gradient updates and waiting for the envs.
@@ -354,7 +356,8 @@ class Trainer:
                     bar.close()
                     bar = self._progress_bar(learning=True, initial=prev_step)
                 eta.start(prev_step)
-            actions = self.agent.act(obs) if learning else self.envs.action_space.sample()
+            actions = (env_actions(self.agent.act(obs), cfg.agent.clip_actions) if learning
+                       else self.envs.action_space.sample())
             if learning and not np.isfinite(actions).all():  # already on the host: costs no sync
                 self._check_finite()  # names the update that went wrong, if the watch saw it
                 self._stop_non_finite(f"non-finite actions (NaN or inf) from the policy at step {self.step}")
@@ -363,7 +366,8 @@ class Trainer:
 
             clock = time.perf_counter()
             if learning:
-                for u in range(cfg.train.updates_per_step):
+                for u in range(updates_at(prev_step, n.warmup, k, cfg.train.updates_per_step,
+                                          cfg.train.warmup_burst)):
                     metrics = self.agent.update(self.buffer.sample(cfg.train.per_task_batch, self.agent.generator),
                                                 diagnostics=log_now and u == 0)
                     self.nonfinite.observe(metrics, self.step)
@@ -375,7 +379,8 @@ class Trainer:
             clock = time.perf_counter()
             next_obs, rewards, terminated, truncated, infos = step_wait(self.envs, pending)
             self.timing["env"] += time.perf_counter() - clock
-            self.buffer.add(obs, actions, rewards, true_next_obs(next_obs, infos), terminated)
+            self.buffer.add(obs, actions, rewards, true_next_obs(next_obs, infos),
+                            stored_terminated(terminated, truncated, cfg.train.truncation_as_done))
             done = terminated | truncated
             episode_success |= self._step_success(infos, done)
             self._log_finished_episodes(writer, infos, done, episode_success)

@@ -142,7 +142,7 @@ def test_registry_and_families() -> None:
     needs_update = {name: make_aggregator(name, 3).needs_update for name in base}
     assert needs_update == {"cagrad": False, "dwa": False, "famo": True, "mean": False, "pcgrad": False,
                             "rlw": False, "uw": False}
-    assert aggregator_options("famo") == ("w_lr", "gamma", "min_losses", "eps")
+    assert aggregator_options("famo") == ("w_lr", "gamma", "min_losses", "eps", "scaling")
     assert make_aggregator("CAGrad", 2).c == 0.5
 
 

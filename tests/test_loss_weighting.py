@@ -293,7 +293,7 @@ def test_config_defaults_and_sources():
     (["aggregator=uw", "aggregator.lr=0"], "aggregator.lr=0.0 must be > 0"),
     (["aggregator=dwa", "aggregator.temperature=-1"], "aggregator.temperature=-1.0 must be > 0"),
     (["aggregator=dwa", "aggregator.window=0"], "aggregator.window=0 must be an integer >= 1"),
-    (["aggregator=rlw", "aggregator.apply_to=[critic,actor,alpha]"], "aggregator.apply_to has 'alpha'"),
+    (["aggregator=rlw", "aggregator.apply_to=[critic,actor,value]"], "aggregator.apply_to has 'value'"),
 ])
 def test_bad_config_values_are_refused(overrides, expected):
     with pytest.raises(ConfigError, match="^" + expected.replace("[", r"\[").replace(".", r"\.")):

@@ -13,7 +13,7 @@ import yaml
 from conftest import TINY, assert_usage_error, run_cli
 from mtrl_famo.aggregators.per_task_grads import per_task_gradients, per_task_gradients_loop
 from mtrl_famo.buffer import Batch
-from mtrl_famo.config import AGGREGATOR_SCHEMAS, PROTOCOLS, AgentConfig
+from mtrl_famo.config import AGGREGATOR_SCHEMAS, PROTOCOLS, AgentConfig, ConfigError
 from mtrl_famo.networks import Actor, TwinQ
 from mtrl_famo.runconfig import compose_config
 from mtrl_famo.sac import MTSAC, actor_loss_fn, critic_loss_fn
@@ -185,8 +185,13 @@ def test_max_q_value_clips_predictions():
 
 def _table() -> dict[str, dict[str, str]]:
     """``{key: {protocol: cell}}`` from docs/protocols.md's table."""
-    rows = [line for line in TABLE.read_text().splitlines() if line.startswith("| `")]
-    header = next(line for line in TABLE.read_text().splitlines() if line.startswith("| key |"))
+    lines = TABLE.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| key |"))
+    header, rows = lines[start], []
+    for line in lines[start + 2:]:  # the value table: its header, the rule, then rows up to a blank line
+        if not line.startswith("|"):
+            break
+        rows.append(line)
     columns = [c.strip() for c in header.strip("|").split("|")]
     table = {}
     for row in rows:
@@ -205,14 +210,48 @@ def test_docs_table_covers_every_protocol_and_every_preset_key():
         assert keys <= set(table), f"{protocol}.yaml sets keys missing from docs/protocols.md: {keys - set(table)}"
 
 
+def _cell(cell: str, benchmark: str):
+    """A table cell's value on ``benchmark``: ``A`` on both, or ``A / B`` for MT10 / MT50."""
+    parts = cell.split(" / ")
+    return yaml.safe_load(parts[0] if benchmark == "mt10" or len(parts) == 1 else parts[1])
+
+
+@pytest.mark.parametrize("bench", ["mt10", "mt50"])
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_every_protocol_resolves_to_the_values_in_docs(protocol):
-    cfg = compose_config([f"protocol={protocol}", "benchmark=mt10"])
+def test_every_protocol_resolves_to_the_values_in_docs(protocol, bench):
+    cfg = compose_config([f"protocol={protocol}", f"benchmark={bench}"])
     assert cfg.protocol.name == protocol
     for key, cells in _table().items():
         group, field = key.split(".")
         value = getattr(getattr(cfg, group), field)
-        assert value == yaml.safe_load(cells[protocol]), f"{key} under protocol={protocol}"
+        assert value == _cell(cells[protocol], bench), f"{key} under protocol={protocol} benchmark={bench}"
+
+
+def test_param_scaling_actor_is_34m_parameters_on_mt10():
+    """The study's 4096-wide MTMHSAC actor, built on the meta device (no memory for its weights)."""
+    cfg = compose_config(["protocol=param_scaling", "benchmark=mt10"])
+    with torch.device("meta"):
+        actor = Actor(OBS + 10, ACT, cfg.agent.hidden_sizes, num_tasks=10, multi_head=cfg.agent.multi_head,
+                      init=cfg.agent.init)
+    w, k = 4096, 10
+    trunk = (OBS + k) * w + w + 2 * (w * w + w)
+    heads = k * (w * 2 * ACT + 2 * ACT)
+    assert n_params(actor) == trunk + heads == 34_095_184
+
+
+@pytest.mark.parametrize("protocol, aggregator, apply_to", [
+    ("cagrad_paper", "cagrad", ["critic", "actor", "alpha"]),   # CAGrad's _compute_gradient: all three losses
+    ("famo_paper", "pcgrad", ["critic", "actor", "alpha"]),
+    ("famo_paper", "famo", ["critic"]),                         # FAMO's agent weights the critic only
+    ("metaworld_plus", "pcgrad", ["critic", "actor"]),          # its temperature has its own optimizer
+])
+def test_protocols_route_the_aggregator_options(protocol, aggregator, apply_to):
+    cfg = compose_config([f"protocol={protocol}", f"aggregator={aggregator}"])
+    assert cfg.aggregator.apply_to == apply_to
+    if aggregator == "famo":
+        assert cfg.aggregator.scaling == "released" and cfg.aggregator.gamma == 0.01
+    if protocol == "metaworld_plus":
+        assert cfg.aggregator.order == "shared"
 
 
 def test_paper_protocols_scale_per_task_numbers_to_mt50():
@@ -230,15 +269,41 @@ def test_pcgrad_seed_follows_the_run_seed():
     (["aggregator=famo", "aggregator.apply_to=[critic,actor]"], "not allowed with aggregator=famo"),
     (["benchmark.max_episode_steps=501"], "benchmark.max_episode_steps=501"),
     (["protocol=nope"], "protocol='nope'"),
-    (["agent.init=xavier"], "agent.init='xavier'; allowed: torch, reference, orthogonal"),
+    (["agent.init=he"], "agent.init='he'; allowed: torch, reference, orthogonal, xavier"),
     (["agent.log_std_mode=soft"], "agent.log_std_mode='soft'"),
     (["agent.grad_clip=0"], "agent.grad_clip=0.0 must be a number > 0"),
     (["agent.adam_eps=-1"], "agent.adam_eps=-1.0 must be > 0"),
+    (["aggregator=famo", "aggregator.apply_to=[critic,alpha]"], "apply_to=[..., alpha] is not allowed with "
+                                                                "aggregator=famo"),
 ])
 def test_refused_settings_exit_2_with_one_line(tmp_path, args, expected):
     proc = run_cli("train", *TINY, *args, f"run_dir={tmp_path / 'run'}")
     assert_usage_error(proc, expected)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, expected", [  # in-process (the CLI turns every ConfigError into exit 2, above)
+    (["aggregator=uw", "aggregator.apply_to=[critic,alpha]"], "apply_to=[..., alpha] is not allowed with aggregator=uw"),
+    (["aggregator.apply_to=[critic,value]"], "aggregator.apply_to has 'value'; allowed: critic, actor, alpha"),
+    (["agent.critic_loss_reduction=max"], "agent.critic_loss_reduction='max'; allowed: sum, mean"),
+    (["agent.alpha_loss_reduction=sum"], "agent.alpha_loss_reduction='sum'; allowed: task_sum, mean"),
+    (["agent.alpha_loss_form=exp"], "agent.alpha_loss_form='exp'; allowed: log_alpha, alpha"),
+    (["benchmark.reward_normalization=zscore"], "benchmark.reward_normalization='zscore'; allowed: null"),
+    (["benchmark.num_goals=0"], "benchmark.num_goals=0 must be an integer >= 1"),
+    (["benchmark.num_goals=51"], "benchmark.num_goals=51; allowed: 1 to 50"),
+    (["benchmark.task_onehot=false", "agent.multi_head=true"], "agent.multi_head=true needs benchmark.task_onehot"),
+    (["aggregator=pcgrad", "aggregator.order=random"], "aggregator.order='random'; allowed: per_task, shared"),
+    (["aggregator=alignedmtl", "aggregator.reduction=max"], "aggregator.reduction='max'; allowed: mean, sum"),
+    (["aggregator=nashmtl", "aggregator.max_norm_mode=scale"], "aggregator.max_norm_mode='scale'; allowed: clip"),
+    (["aggregator=famo", "aggregator.scaling=both"], "aggregator.scaling='both'; allowed: paper, released"),
+    (["protocol=famo_paper", "aggregator=famo", "seeds=[0,1]"], "aggregator.scaling='released' is not available "
+                                                                "to a population"),
+    (["protocol.gradient_apply_to=[]"], "protocol.gradient_apply_to=[]; allowed: a non-empty list"),
+])
+def test_refused_protocol_settings_are_one_line(args, expected):
+    with pytest.raises(ConfigError) as error:
+        compose_config([*TINY, *args])
+    assert expected in str(error.value) and "\n" not in str(error.value)
 
 
 def test_tiny_multi_head_metaworld_plus_run_trains_end_to_end(tmp_path):

@@ -8,6 +8,9 @@ from torch import Tensor
 from .gramian import GramianWeighted, check_choice
 
 SCALE_MODES = ("min", "median", "rmse")
+#: ``mean``: the aligned gradients averaged (TorchJD); ``sum``: summed, ``k`` times the mean (the
+#: authors' code, SamsungLabs/MTL@3f577f1 ``code/optim/aligned/balancer.py:24``).
+REDUCTIONS = ("mean", "sum")
 
 
 class AlignedMTL(GramianWeighted):
@@ -19,9 +22,11 @@ class AlignedMTL(GramianWeighted):
     balance transformation ``B = sqrt(s) V diag(lambda^{-1/2}) V^T`` turns ``G`` into
     ``B G = sqrt(s) V U^T``: the aligned gradients, whose singular values all equal
     ``sqrt(s)`` (condition number 1). The direction is ``(B G)^T p = G^T (B p)`` with the
-    uniform preference ``p = 1/k``, so ``task_weights`` is ``B p``. The scale ``s`` is the
-    smallest kept eigenvalue (``sigma_min^2``, the paper's Algorithm 1, TorchJD's default),
-    the median, or the mean (``rmse``: the authors' released code).
+    uniform preference ``p = 1/k``, so ``task_weights`` is ``B p``; ``reduction="sum"`` takes
+    ``p = 1`` instead, the sum of the aligned gradients, as the authors' code does. The scale
+    ``s`` is the smallest kept eigenvalue (``sigma_min^2``, the paper's Algorithm 1, the
+    authors' and TorchJD's default), the median, or the mean (``rmse``); the authors' code
+    offers all three (SamsungLabs/MTL@3f577f1 ``code/optim/aligned/solver.py:26-31``).
 
     Implementation note: TorchJD's ``AlignedMTLWeighting`` does this maths but counts the
     rank with a Python ``sum`` over a tensor and slices by it (a host sync per call and
@@ -29,20 +34,23 @@ class AlignedMTL(GramianWeighted):
     instead, so nothing is read back. ``G = 0`` (rank 0) gives ``B = I``: the mean, zero.
 
     :param num_tasks: number of tasks ``k``.
-    :param scale_mode: ``min`` (paper), ``median`` or ``rmse`` (authors' code).
+    :param scale_mode: ``min`` (paper), ``median`` or ``rmse``.
+    :param reduction: ``mean`` (TorchJD) or ``sum`` (the authors' code), see :data:`REDUCTIONS`.
     """
 
     cuda_graph_safe = False  # torch.linalg.eigh syncs on CUDA (pytorch#188355)
 
-    def __init__(self, num_tasks: int, scale_mode: str = "min") -> None:
+    def __init__(self, num_tasks: int, scale_mode: str = "min", reduction: str = "mean") -> None:
         super().__init__(num_tasks)
         self.scale_mode = check_choice("scale_mode", scale_mode, SCALE_MODES)
+        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
 
     def weights_from_gram(self, gram: Tensor) -> Tensor:
-        return aligned_weights(gram, self.scale_mode)
+        weights = aligned_weights(gram, self.scale_mode)
+        return weights * self.num_tasks if self.reduction == "sum" else weights
 
     def __repr__(self) -> str:
-        return f"AlignedMTL(scale_mode={self.scale_mode!r})"
+        return f"AlignedMTL(scale_mode={self.scale_mode!r}, reduction={self.reduction!r})"
 
 
 def aligned_weights(gram: Tensor, scale_mode: str = "min") -> Tensor:

@@ -14,6 +14,9 @@ from mtrl_famo.optim import AdamTensors, adam_step_, adam_tensors, fused_adam, l
 
 from .base import Aggregator, check_float
 
+#: ``aggregator.scaling``: how FAMO's loss weights are normalised (see :class:`FAMO`).
+SCALINGS = ("paper", "released")
+
 
 class FAMO(Aggregator):
     """FAMO (Liu et al. 2023, "FAMO: Fast Adaptive Multitask Optimization").
@@ -32,14 +35,18 @@ class FAMO(Aggregator):
        Adam step (lr ``w_lr``, weight decay ``gamma``) on ``J_softmax(xi)^T delta``,
        shifting weight toward the tasks whose loss fell least.
 
-    Deviation from one public reference implementation, which multiplies by
-    the normaliser ``sum(z / l)``: this follows the paper and divides by it.
+    ``scaling`` (:data:`SCALINGS`): ``paper`` divides by the normaliser ``sum(z / l)``,
+    as the paper and the authors' general code do (Cranial-XIX/FAMO@0a6ad06 ``famo.py:32-33``);
+    ``released`` multiplies by it, as the authors' released RL code that produced their
+    Meta-World numbers does (``mtrl_files/famo.py:374-375``): the weights then sum to
+    ``sum(z / l)^2`` instead of 1.
 
     :param num_tasks: number of tasks ``k``.
     :param w_lr: learning rate of the logits' Adam (``> 0``).
     :param gamma: weight decay of the logits' Adam (``>= 0``).
     :param min_losses: lower bounds of the task losses: a float or ``num_tasks`` floats.
     :param eps: small constant added to ``l`` (``> 0``).
+    :param scaling: ``paper`` or ``released``.
     """
 
     uses_task_gradients = False
@@ -52,8 +59,12 @@ class FAMO(Aggregator):
         gamma: float = 0.001,
         min_losses: float | Sequence[float] = 0.0,
         eps: float = 1e-8,
+        scaling: str = "paper",
     ) -> None:
         super().__init__(num_tasks)
+        if scaling not in SCALINGS:
+            raise ValueError(f"scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")
+        self.scaling = scaling
         self.w_lr = check_float("w_lr", w_lr, min_value=0.0, strict=True)
         self.gamma = check_float("gamma", gamma, min_value=0.0)
         self.eps = check_float("eps", eps, min_value=0.0, strict=True)
@@ -105,8 +116,7 @@ class FAMO(Aggregator):
         """``lambda = (z / l) / sum(z / l)`` ``[num_tasks]``, ``z = softmax(logits)``, ``l = losses - min_losses + eps``."""
         l = self._check_losses(losses) - self.min_losses.to(losses.device) + self.eps
         self._check_positive(l, losses)
-        weights = torch.softmax(state["logits"].detach(), dim=0).to(l.dtype) / l
-        return weights / weights.sum()
+        return famo_loss_weights(torch.softmax(state["logits"].detach(), dim=0).to(l.dtype), l, self.scaling)
 
     def update_fn(self, state: dict[str, Tensor], losses: Tensor, new_losses: Tensor) -> None:
         """The logits' Adam step from ``losses`` (before the network's step) and ``new_losses`` (after)."""
@@ -175,7 +185,8 @@ class FAMO(Aggregator):
         return self
 
     def __repr__(self) -> str:
-        return f"FAMO(w_lr={self.w_lr:g}, gamma={self.gamma:g})"
+        scaling = "" if self.scaling == "paper" else f", scaling={self.scaling!r}"
+        return f"FAMO(w_lr={self.w_lr:g}, gamma={self.gamma:g}{scaling})"
 
     def _check_positive(self, l: Tensor, losses: Tensor) -> None:
         if self.immediate_checks and not bool((l > 0).all()):
@@ -186,6 +197,14 @@ class FAMO(Aggregator):
                 f"FAMO needs every task loss above its min_losses (it takes log(loss - min_losses)); "
                 f"tasks {bad} have losses {values} with min_losses {mins}"
             )
+
+
+def famo_loss_weights(z: Tensor, l: Tensor, scaling: str = "paper") -> Tensor:
+    """FAMO's loss weights ``[..., num_tasks]`` from ``z = softmax(xi)`` and the detached shifted losses ``l``:
+    ``(z / l) / sum(z / l)`` (``paper``) or ``(z / l) * sum(z / l)`` (``released``), sums over the last dim."""
+    weights = z / l
+    normaliser = weights.sum(dim=-1, keepdim=True)
+    return weights / normaliser if scaling == "paper" else weights * normaliser
 
 
 def _min_losses_tensor(min_losses: float | Sequence[float], num_tasks: int) -> Tensor:

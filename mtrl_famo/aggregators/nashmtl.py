@@ -9,9 +9,13 @@ import torch
 from torch import Tensor
 
 from .base import check_float, gram_matrix
-from .gramian import GramianWeighted, check_int, host_weights, require_modules
+from .gramian import GramianWeighted, check_choice, check_int, host_weights, require_modules
 
 INSTALL = "mtrl-famo[nashmtl]"
+#: What ``max_norm`` does to an update longer than it: ``clip`` rescales it to norm ``max_norm``
+#: (the authors' ``clip_grad_norm_``); ``divide`` divides it by ``max_norm``, a no-op at 1.0 (the
+#: RL code of FAMO's Nash-MTL re-run, Cranial-XIX/FAMO@0a6ad06 ``mtrl_files/nashmtl.py:191-194``).
+MAX_NORM_MODES = ("clip", "divide")
 
 
 class NashMTL(GramianWeighted):
@@ -44,14 +48,16 @@ class NashMTL(GramianWeighted):
     :param update_weights_every: recompute the weights every this many calls (authors' default 1).
     :param optim_niter: convex problems per recomputation (authors' default 20).
     :param max_norm: clip the direction to this norm, ``0`` for none (authors' default 1.0).
+    :param max_norm_mode: ``clip`` or ``divide`` (see :data:`MAX_NORM_MODES`).
     """
 
     def __init__(self, num_tasks: int, update_weights_every: int = 1, optim_niter: int = 20,
-                 max_norm: float = 1.0) -> None:
+                 max_norm: float = 1.0, max_norm_mode: str = "clip") -> None:
         super().__init__(num_tasks)
         self.update_weights_every = check_int("update_weights_every", update_weights_every, min_value=1)
         self.optim_niter = check_int("optim_niter", optim_niter, min_value=1)
         self.max_norm = check_float("max_norm", max_norm, min_value=0.0)
+        self.max_norm_mode = check_choice("max_norm_mode", max_norm_mode, MAX_NORM_MODES)
         require_modules("nashmtl", ("cvxpy", "ecos", "torchjd"), INSTALL)
         self.calls = 0
         self._alpha: Tensor | None = None  # [k] float64, the last solution (unclipped)
@@ -90,7 +96,11 @@ class NashMTL(GramianWeighted):
         w = self._alpha.to(G.device)
         direction = w.to(G.dtype) @ G
         if self.max_norm > 0.0:
-            scale = (self.max_norm / direction.norm().clamp_min(torch.finfo(G.dtype).tiny)).clamp_max(1.0)
+            norm = direction.norm()
+            if self.max_norm_mode == "clip":
+                scale = (self.max_norm / norm.clamp_min(torch.finfo(G.dtype).tiny)).clamp_max(1.0)
+            else:  # divided by max_norm only where longer than it (on the device, no read back)
+                scale = torch.where(norm > self.max_norm, 1.0 / self.max_norm, 1.0).to(G.dtype)
             direction = direction * scale
             w = w * scale.to(w.dtype)
         return direction, w
@@ -129,4 +139,4 @@ class NashMTL(GramianWeighted):
 
     def __repr__(self) -> str:
         return (f"NashMTL(update_weights_every={self.update_weights_every}, optim_niter={self.optim_niter}, "
-                f"max_norm={self.max_norm:g})")
+                f"max_norm={self.max_norm:g}, max_norm_mode={self.max_norm_mode!r})")

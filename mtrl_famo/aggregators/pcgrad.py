@@ -8,7 +8,14 @@ import torch
 from torch import Tensor
 
 from .base import Aggregator, gram_matrix
+from .gramian import check_choice
 from .seeded import CallSeeded
+
+#: ``per_task``: each task its own random order of the others (the paper); ``shared``: one random
+#: permutation of all tasks per call, walked by every task, itself included (Meta-World+ b025cdb
+#: ``optim/pcgrad.py:63-80``: ``jax.random.permutation`` of the gradient rows, then every row
+#: projected against every row in that order).
+ORDERS = ("per_task", "shared")
 
 
 class PCGrad(CallSeeded, Aggregator):
@@ -38,26 +45,32 @@ class PCGrad(CallSeeded, Aggregator):
     on one kind of device, not the same stream on CPU and CUDA. The state is the
     seed and the call count, so a checkpoint resumes the same sequence on any device.
 
+    ``order="shared"`` (Meta-World+'s PCGrad): one uniformly random permutation of all ``k``
+    tasks per call, the same for every task ``i``, which also meets itself in it (a no-op
+    unless its projected gradient has turned against ``g_i``); ``k`` steps per task.
+
     :param num_tasks: number of tasks ``k``.
     :param seed: seed of the random orders.
+    :param order: ``per_task`` (the paper) or ``shared`` (see :data:`ORDERS`).
     """
 
     uses_task_gradients = True
 
-    def __init__(self, num_tasks: int, seed: int = 0) -> None:
+    def __init__(self, num_tasks: int, seed: int = 0, order: str = "per_task") -> None:
         Aggregator.__init__(self, num_tasks)
         CallSeeded.__init__(self, seed)
+        self.order = check_choice("order", order, ORDERS)
 
     def combine(self, G: Tensor) -> Tensor:
         """:param G: ``[num_tasks, num_params]``. :returns: ``[num_params]`` direction."""
         return self.combine_fn({}, G, *self.draws(G.device))[0]
 
     def draws(self, device: torch.device) -> tuple[Tensor, ...]:
-        """``(order,)``: the next call's projection orders ``[k, k - 1]`` (none for one task)."""
+        """``(order,)``: the next call's projection orders ``[k, k - 1]`` (``[k, k]`` shared; none for one task)."""
         return (self._orders(device),) if self.num_tasks > 1 else ()
 
     def combine_fn(self, state: dict, G: Tensor, *draws: Tensor) -> tuple[Tensor, None]:
-        """``combine(G)`` with the projection orders ``[k, k - 1]`` drawn by :meth:`draws`; no weights."""
+        """``combine(G)`` with the projection orders ``[k, steps]`` drawn by :meth:`draws`; no weights."""
         G = self._check_matrix(G, check_values=False)
         k = self.num_tasks
         if k == 1:
@@ -72,8 +85,8 @@ class PCGrad(CallSeeded, Aggregator):
         # hits[i, t] = e_{order[i, t]} / |g_{order[i, t]}|^2 (where the step writes).
         # Out of place throughout: under a population's vmap, gram and order carry a member dimension.
         sq_norms = gram.diagonal().clamp_min(torch.finfo(torch.float64).tiny)
-        rows = gram[order].unbind(1)  # k - 1 tensors [k, k]
-        hits = torch.zeros(k, k - 1, k, dtype=torch.float64, device=G.device)
+        rows = gram[order].unbind(1)  # one [k, k] tensor per step
+        hits = torch.zeros(*order.shape, k, dtype=torch.float64, device=G.device)
         hits = hits.scatter(2, order[..., None], sq_norms.reciprocal()[order][..., None]).unbind(1)
         coef = torch.eye(k, dtype=torch.float64, device=G.device)  # coef[i] @ G: projected g_i
         for row, hit in zip(rows, hits):
@@ -82,8 +95,12 @@ class PCGrad(CallSeeded, Aggregator):
         return coef.mean(dim=0).to(G.dtype) @ G, None
 
     def _orders(self, device: torch.device) -> Tensor:
-        """``[k, k - 1]`` int64 on ``device``: row ``i`` a random order of the tasks other than ``i``."""
+        """``[k, k - 1]`` int64 on ``device``: row ``i`` a random order of the tasks other than ``i``;
+        shared: ``[k, k]``, every row the same random permutation of all tasks."""
         k = self.num_tasks
+        if self.order == "shared":
+            keys = torch.rand(k, generator=self.next_generator(device), dtype=torch.float64, device=device)
+            return keys.argsort().expand(k, k)
         keys = torch.rand(k, k, generator=self.next_generator(device), dtype=torch.float64, device=device)
         keys.fill_diagonal_(2.0)  # task i sorts last, then is dropped
         return keys.argsort(dim=1)[:, : k - 1]
@@ -103,5 +120,5 @@ class PCGrad(CallSeeded, Aggregator):
         self.seed, self.calls = int(state["seed"]), int(state["calls"])
 
     def __repr__(self) -> str:
-        return f"PCGrad(seed={self.seed})"
+        return f"PCGrad(seed={self.seed})" if self.order == "per_task" else f"PCGrad(seed={self.seed}, order='shared')"
 

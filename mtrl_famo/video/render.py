@@ -54,9 +54,13 @@ WHITE, GREEN, GREY = (255, 255, 255), (90, 230, 110), (200, 200, 200)
 
 
 @functools.lru_cache(maxsize=4)
-def _benchmark_tasks(benchmark: str, seed: int) -> dict:
+def _benchmark_tasks(benchmark: str, seed: int, num_goals: int = 50) -> dict:
     """The goals (``metaworld.Task``) of each task of MT10/MT50 with this seed, as training uses them."""
     import metaworld
+
+    from mtrl_famo.envs import set_num_goals
+
+    set_num_goals(num_goals)
 
     bench = {"mt10": metaworld.MT10, "mt50": metaworld.MT50}[benchmark](seed=seed)
     tasks: dict[str, list] = {}
@@ -80,7 +84,10 @@ def make_render_env(cfg: "Config", task_names: list[str], index: int, camera: st
     name = task_names[index]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
-        env = metaworld.make_mt_envs(name, seed=cfg.seed, use_one_hot=True, env_id=index,
+        from mtrl_famo.envs import set_num_goals
+
+        set_num_goals(cfg.benchmark.num_goals)
+        env = metaworld.make_mt_envs(name, seed=cfg.seed, use_one_hot=cfg.benchmark.task_onehot, env_id=index,
                                      num_tasks=len(task_names), max_episode_steps=cfg.benchmark.max_episode_steps,
                                      reward_function_version="v2", render_mode="rgb_array", camera_name=camera,
                                      width=width, height=height)
@@ -90,7 +97,7 @@ def make_render_env(cfg: "Config", task_names: list[str], index: int, camera: st
         env.close()
         raise VideoError(f"camera={camera!r} is not a camera of {name}; allowed: {', '.join(cameras)}")
     if goals is None and training_goals and cfg.benchmark.name in ("mt10", "mt50"):
-        goals = _benchmark_tasks(cfg.benchmark.name, cfg.seed)[name]
+        goals = _benchmark_tasks(cfg.benchmark.name, cfg.seed, cfg.benchmark.num_goals)[name]
     if goals is not None:
         # make_mt_envs(name) draws the goals of MT1(name); training used the benchmark's own goals.
         from metaworld.wrappers import RandomTaskSelectWrapper
