@@ -452,9 +452,6 @@ def validate(cfg: Config) -> Config:
              f"aggregator.apply_to=[..., alpha] is not allowed with aggregator={a.name}: the temperature loss "
              f"(alpha (-log pi - target entropy)) changes sign, as the actor's does ("
              f"{CRITIC_ONLY_AGGREGATORS.get(a.name)}); allowed: [critic]")
-    _require(not (cfg.seeds is not None and getattr(a, "scaling", "paper") != "paper"),
-             f"aggregator.scaling={getattr(a, 'scaling', None)!r} is not available to a population (seeds=...): its "
-             f"stacked FAMO has the paper's scaling only; allowed: aggregator.scaling=paper, or one run per seed")
 
     ag = cfg.agent
     _require(len(ag.hidden_sizes) > 0 and all(h > 0 for h in ag.hidden_sizes),

@@ -36,6 +36,7 @@ from mtrl_famo.aggregators.per_task_grads import gradient_diagnostic_tensors, pe
 from mtrl_famo.buffer import Batch
 from mtrl_famo.networks import squashed_sample
 from mtrl_famo.optim import AdamTensors, adam_step_
+from mtrl_famo.step_rules import ACTION_BOUND
 
 #: the networks (and temperatures) the update steps, each with an Adam of its own
 OPTIMIZED = ("critic", "actor", "alpha")
@@ -107,12 +108,14 @@ def critic_loss(critic: nn.Module, params: dict, obs: Tensor, actions: Tensor, t
 
 
 def actor_loss(actor: nn.Module, critic: nn.Module, params: dict, critic_params: dict, obs: Tensor,
-               noise: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+               noise: Tensor, alpha: Tensor, clip_actions: bool = False) -> tuple[Tensor, Tensor]:
     """``alpha * log pi(a|s) - min Q(s, a)``, the mean over the last dim, and the detached
     log-probs ``[..., b]`` (the temperature loss reuses them: no second actor forward, as in
-    the Meta-World+ and mtrl references). ``alpha`` ``[..., 1]``; the critic's are constants."""
+    the Meta-World+ and mtrl references). ``alpha`` ``[..., 1]``; the critic's are constants.
+    ``clip_actions``: the critic sees the sample clipped to ``+-ACTION_BOUND``, the log-prob is
+    the unclipped sample's (Meta-World+ ``nn/distributions.py:36-43``)."""
     action, log_prob = squashed_sample(*functional_call(actor, params, (obs,)), noise)
-    q1, q2 = functional_call(critic, critic_params, (obs, action))
+    q1, q2 = functional_call(critic, critic_params, (obs, _clipped(action, clip_actions)))
     return (alpha * log_prob - torch.min(q1, q2)).mean(-1), log_prob.detach()
 
 
@@ -135,21 +138,22 @@ def update(spec: UpdateSpec, state: dict, batch: Batch, draws: Draws,
         alpha = params["alpha"]["log_alpha"].exp().expand(k)  # [k]
         next_action, next_log_prob = squashed_sample(
             *functional_call(spec.actor, params["actor"], (batch.next_obs,)), draws.next_noise)
-        q1_next, q2_next = functional_call(spec.critic, params["critic_target"], (batch.next_obs, next_action))
+        q1_next, q2_next = functional_call(spec.critic, params["critic_target"],
+                                           (batch.next_obs, _clipped(next_action, cfg.clip_actions)))
         soft_value = torch.min(q1_next, q2_next) - alpha[:, None] * next_log_prob
         target = batch.rewards + cfg.gamma * (1.0 - batch.terminated) * soft_value  # [k, b]
         if cfg.max_q_value is not None:
             target = target.clamp(-cfg.max_q_value, cfg.max_q_value)
 
         metrics: dict[str, Tensor] = {}
-        reduction = getattr(cfg, "critic_loss_reduction", "sum")
         metrics["losses/critic"], _ = _network_step(
-            spec, "critic", state, lambda p, *args: critic_loss(spec.critic, p, *args, cfg.max_q_value, reduction),
-            False,
+            spec, "critic", state,
+            lambda p, *args: critic_loss(spec.critic, p, *args, cfg.max_q_value, cfg.critic_loss_reduction), False,
             (batch.obs, batch.actions, target), draws, diagnostics, metrics)
         critic_params = dict(params["critic"])  # after its step, constants of the actor's loss
         metrics["losses/actor"], log_prob = _network_step(
-            spec, "actor", state, lambda p, *args: actor_loss(spec.actor, spec.critic, p, critic_params, *args), True,
+            spec, "actor", state,
+            lambda p, *args: actor_loss(spec.actor, spec.critic, p, critic_params, *args, cfg.clip_actions), True,
             (batch.obs, draws.noise, alpha[:, None]), draws, diagnostics, metrics)
         metrics["losses/alpha"] = _temperature_step(spec, state, log_prob, draws, metrics)
         _polyak_(list(params["critic_target"].values()), list(params["critic"].values()), cfg.tau)
@@ -217,7 +221,7 @@ def _temperature_step(spec: UpdateSpec, state: dict, log_prob: Tensor, draws: Dr
     cfg = spec.cfg
     log_alpha = state["params"]["alpha"]["log_alpha"]  # [A]
     k = log_prob.shape[0]
-    exp_form = getattr(cfg, "alpha_loss_form", "log_alpha") == "alpha"
+    exp_form = cfg.alpha_loss_form == "alpha"
     coef = -(log_prob + spec.target_entropy).mean(-1)  # [k], d loss_i / d f(log_alpha_i)
     slope = log_alpha.exp() if exp_form else torch.ones_like(log_alpha)  # f'(log_alpha), [A]
     losses = (log_alpha.exp() if exp_form else log_alpha).expand(k) * coef  # [k]
@@ -225,7 +229,7 @@ def _temperature_step(spec: UpdateSpec, state: dict, log_prob: Tensor, draws: Dr
                             else torch.ones(k, 1, dtype=coef.dtype, device=coef.device)) * slope  # J, [k, A]
     aggregator = spec.aggregators.get("alpha")
     if aggregator is None:
-        per_task_sum = log_alpha.shape[0] == k and getattr(cfg, "alpha_loss_reduction", "task_sum") == "task_sum"
+        per_task_sum = log_alpha.shape[0] == k and cfg.alpha_loss_reduction == "task_sum"
         grad = rows.sum(0) if per_task_sum else rows.mean(0)  # [A]
     elif aggregator.uses_task_gradients:
         grad, weights = aggregator.combine_fn(state["aggregators"]["alpha"], rows, *draws.aggregators["alpha"])
@@ -242,6 +246,10 @@ def _temperature_step(spec: UpdateSpec, state: dict, log_prob: Tensor, draws: Dr
         if weights is not None:
             metrics["aggregator/alpha/weights"] = weights
     return losses
+
+
+def _clipped(action: Tensor, clip: bool) -> Tensor:
+    return action.clamp(-ACTION_BOUND, ACTION_BOUND) if clip else action
 
 
 def _clip(grads: list[Tensor], max_norm: float) -> tuple[list[Tensor], Tensor]:

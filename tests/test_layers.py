@@ -12,7 +12,8 @@ PACKAGE = Path(mtrl_famo.__file__).parent
 # From the ground floor up; a module may import its own layer (no circle) and the layers below.
 LAYERS = [
     ["config", "run_files", "atomic"],  # the typed schema and file helpers: nothing of ours below them
-    ["runtime", "optim", "buffer", "networks", "nonfinite", "checkpoint", "envs", "aggregators", "run_lock"],
+    ["runtime", "optim", "buffer", "networks", "nonfinite", "checkpoint", "envs", "aggregators", "run_lock",
+     "step_rules"],
     ["update"],  # the one MT-SAC update function
     ["graph_update"],  # the compiled update of an agent (it never imports sac: the agent builds it)
     ["sac", "stacked_sac"],

@@ -296,8 +296,6 @@ def test_refused_settings_exit_2_with_one_line(tmp_path, args, expected):
     (["aggregator=alignedmtl", "aggregator.reduction=max"], "aggregator.reduction='max'; allowed: mean, sum"),
     (["aggregator=nashmtl", "aggregator.max_norm_mode=scale"], "aggregator.max_norm_mode='scale'; allowed: clip"),
     (["aggregator=famo", "aggregator.scaling=both"], "aggregator.scaling='both'; allowed: paper, released"),
-    (["protocol=famo_paper", "aggregator=famo", "seeds=[0,1]"], "aggregator.scaling='released' is not available "
-                                                                "to a population"),
     (["protocol.gradient_apply_to=[]"], "protocol.gradient_apply_to=[]; allowed: a non-empty list"),
 ])
 def test_refused_protocol_settings_are_one_line(args, expected):
