@@ -49,7 +49,9 @@ def time_tree(tree: Path, tasks: int, updates: int, aggregators: list[str]) -> d
     """ms per update of each aggregator with ``tree``'s ``mtrl_famo``, in a fresh process."""
     env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
     proc = subprocess.run([sys.executable, "-c", TIMING, str(tasks), str(updates), *aggregators], env=env,
-                          capture_output=True, text=True, check=True, cwd=tree)
+                          capture_output=True, text=True, cwd=tree)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench_versions: the timing failed in {tree}: {proc.stderr.strip().splitlines()[-1]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
