@@ -5,3 +5,4 @@ CHECKPOINT_FILE = "checkpoint.pt"  # the latest checkpoint
 EVALS_FILE = "evals.jsonl"  # one line per evaluation
 RESULTS_FILE = "results.json"  # the final per-task table
 LOCK_FILE = ".lock"  # held by the one train process writing the folder (run_lock.py)
+TENSORBOARD_DIR = "tb"  # the TensorBoard event files
