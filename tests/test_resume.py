@@ -153,3 +153,133 @@ def test_extending_a_finished_run_is_the_longer_run(straight, tmp_path):
                       {**torch.load(extended / "checkpoint.pt", weights_only=False)})
     assert (extended / "evals.jsonl").read_text() == (longer / "evals.jsonl").read_text()
     assert tensorboard_steps(extended) == tensorboard_steps(longer)
+
+
+# ---------------------------------------------------------------------------- populations
+POP = [*RUN, "aggregator=pcgrad", "seeds=[0,1]"]
+
+
+@pytest.fixture(scope="module")
+def straight_population(tmp_path_factory) -> Path:
+    pop_dir = tmp_path_factory.mktemp("pop") / "straight"
+    proc = run_cli("train", *POP, f"run_dir={pop_dir}")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"training {pop_dir} (seeds [0, 1]): mt10 (10 tasks), aggregator=pcgrad, device=cpu" in out
+    assert f"seed 1 ({pop_dir / 's1'}):\n| task" in out and "| reach-v3" in out  # each member's per-task table
+    for seed in (0, 1):
+        member = pop_dir / f"s{seed}"
+        assert (member / "checkpoint.pt").stat().st_mtime_ns <= (member / "results.json").stat().st_mtime_ns
+    return pop_dir
+
+
+@pytest.mark.parametrize("how, at, resumed_from", [("sigterm", 33, 330), ("kill", 400, 200)])
+def test_a_stopped_population_resumes_bit_for_bit(straight_population, tmp_path, how, at, resumed_from):
+    import shlex
+
+    pop_dir = tmp_path / "stopped"
+    proc = stopped_run(how, at, *POP, f"run_dir={pop_dir}")
+    if how == "sigterm":
+        assert proc.returncode == 143, proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert f"stopped by SIGTERM at step 330; every member's checkpoint saved in {pop_dir}" in last
+        command = last.split("Resume with: ")[1]
+        assert command == f"mtrl-famo train 'seeds=[0,1]' run_dir={pop_dir}"
+    else:
+        assert proc.returncode == -9, proc.stderr
+        command = f"mtrl-famo train seeds=[0,1] run_dir={pop_dir}"
+    proc = run_cli(*shlex.split(command)[1:])
+    assert proc.returncode == 0, proc.stderr
+    assert f"resuming the population of seeds [0, 1] from step {resumed_from}" in proc.stdout
+    for seed in (0, 1):
+        assert_same_run(straight_population / f"s{seed}", pop_dir / f"s{seed}")
+
+
+def test_a_second_population_on_a_folder_in_use_is_refused(tmp_path):
+    import fcntl
+
+    for locked in ("pop", "pop/s1"):  # the population's folder, or one member's (a single run resuming it)
+        folder = tmp_path / locked
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.write("4242")
+            f.flush()
+            proc = run_cli("train", *POP, f"run_dir={tmp_path / 'pop'}")
+        assert_usage_error(proc, f"run_dir={str(folder)!r} is in use by another mtrl-famo train (pid 4242)")
+        assert not (tmp_path / "pop" / "s0" / "config.yaml").exists()
+
+
+def test_a_population_warns_on_a_long_cpu_budget_and_times_the_learning_phase(tmp_path):
+    pop_dir = tmp_path / "long"
+    proc = stopped_run("sigterm", 90, *POP, "train.total_steps=2000000", "train.warmup_steps=100",
+                       "eval.every=1000000", "train.checkpoint_every=1000000", f"run_dir={pop_dir}")
+    assert proc.returncode == 143, proc.stderr
+    assert "warning: 2,000,000 steps on a CPU" in proc.stderr
+    eta = [line for line in proc.stdout.splitlines() if line.startswith("learning at")]
+    assert len(eta) == 1 and "steps/s: about" in eta[0]  # once, from the learning phase's speed
+
+
+# ---------------------------------------------------------------------------- other devices, old checkpoints
+def test_an_old_checkpoint_resumes_with_fresh_envs(tmp_path):
+    run_dir = tmp_path / "single"
+    shutil.copytree(FIXTURES / "single", run_dir)
+    proc = run_cli("train", f"run_dir={run_dir}", "train.total_steps=400")
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stdout.splitlines() if "simulator state" in line]
+    assert notes == ["the checkpoint holds no simulator state (written before mtrl-famo saved it): the envs "
+                     "start fresh, their goal sequences from the start"]
+    assert json.loads((run_dir / "results.json").read_text())["step"] == 400
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["envs"]["train"]["replay"] is not None
+
+
+def test_a_generator_state_of_another_device_is_reseeded_from_seed_and_step(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        run_dir = tmp_path / name
+        shutil.copytree(FIXTURES / "single", run_dir)
+        state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+        cuda_like = torch.arange(16, dtype=torch.uint8)  # a CUDA generator's state: Philox seed and offset
+        state["rng"].update(agent=cuda_like, agent_device="cuda:0", cuda=[cuda_like])
+        torch.save(state, run_dir / "checkpoint.pt")
+        proc = run_cli("train", f"run_dir={run_dir}", "train.total_steps=400")
+        assert proc.returncode == 0, proc.stderr
+        assert ("the agent's stream (saved on cuda:0) cannot continue on cpu: re-seeded from seed=0 and step 300 "
+                "(the run goes on, not bit for bit)") in proc.stdout.splitlines()
+        runs.append(torch.load(run_dir / "checkpoint.pt", weights_only=False))
+    assert_same_state(runs[0]["agent"], runs[1]["agent"])  # the re-seeding is deterministic
+
+
+def test_an_old_population_checkpoint_resumes(tmp_path):
+    pop_dir = tmp_path / "pop"
+    shutil.copytree(FIXTURES / "pop", pop_dir)
+    proc = run_cli("train", "seeds=[0,1]", f"run_dir={pop_dir}", "train.total_steps=400")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming the population of seeds [0, 1] from step 300" in proc.stdout
+    assert proc.stdout.count("the envs start fresh") == 2
+    assert [json.loads((pop_dir / f"s{s}" / "results.json").read_text())["step"] for s in (0, 1)] == [400, 400]
+
+
+# ---------------------------------------------------------------------------- a folder without a checkpoint
+def test_a_folder_with_a_config_but_no_checkpoint_restarts_or_refuses(tmp_path):
+    run_dir = tmp_path / "early"
+    early = [*TINY, "train.total_steps=300", "eval.every=100", "train.checkpoint_every=200"]
+    proc = stopped_run("kill", 100, *early, f"run_dir={run_dir}")  # killed before the first checkpoint
+    assert proc.returncode == -9 and (run_dir / "config.yaml").exists() and not (run_dir / "checkpoint.pt").exists()
+    assert_usage_error(run_cli("train", *early, "aggregator=pcgrad", f"run_dir={run_dir}"),
+                       f"run_dir={str(run_dir)!r} holds a run stopped before its first checkpoint, with "
+                       f"aggregator.name=mean; cannot start it again with aggregator.name=pcgrad")
+    proc = run_cli("train", *early, f"run_dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    assert "stopped before its first checkpoint: starting it again from step 0" in proc.stdout
+    steps = tensorboard_steps(run_dir)
+    assert steps["text:hyperparameters/text_summary"] == [0]  # one run's hyperparameters, not two
+    assert steps["charts/mean_success_rate"] == [100, 200, 300]
+
+
+def test_eval_of_a_population_folder_points_at_its_members(tmp_path):
+    pop_dir = tmp_path / "pop"
+    shutil.copytree(FIXTURES / "pop", pop_dir)
+    assert_usage_error(run_cli("eval", f"run_dir={pop_dir}"),
+                       f"run_dir={str(pop_dir)!r} holds no checkpoint (checkpoint.pt) of a mtrl-famo run; it is a "
+                       f"population's folder: give one member, e.g. run_dir={str(pop_dir / 's0')!r} (members: s0, s1)")
