@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,50 @@ def restore_generator(generator: torch.Generator, state: torch.Tensor, saved_dev
             pass
     generator.manual_seed(derived_seed(seed, step, stream))
     return False
+
+
+def rng_streams(action_space, agent_generator: torch.Generator) -> dict:
+    """Every random stream of a run: Python's, NumPy's, torch's (and CUDA's) global ones, the warm-up's
+    action space (a gymnasium space) and the agent's own generator, with the device it is on."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "action_space": action_space.np_random.bit_generator.state,
+        "agent": agent_generator.get_state(),
+        "agent_device": str(agent_generator.device),
+    }
+
+
+def load_rng_streams(rng: dict, action_space, agent_generator: torch.Generator, seed: int, step: int) -> str | None:
+    """Put every stream of :func:`rng_streams` where it was; a stream saved on another kind of device (or
+    on more GPUs than here) is re-seeded from the run's ``seed`` and ``step`` instead.
+
+    :return: None, or the one line that says which streams were re-seeded.
+    """
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    action_space.np_random.bit_generator.state = rng["action_space"]
+    reseeded = []
+    if torch.cuda.is_available():
+        saved = rng["cuda"] or []
+        if len(saved) >= torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(saved[:torch.cuda.device_count()])
+        else:
+            torch.cuda.manual_seed_all(derived_seed(seed, step, "cuda"))
+            reseeded.append("torch's CUDA stream")
+    here = agent_generator.device
+    if "agent" in rng:
+        agent_state, saved_device = rng["agent"], rng.get("agent_device")
+    elif here.type == "cuda" and rng["cuda"]:  # checkpoints from before the agent had its own stream:
+        agent_state, saved_device = rng["cuda"][here.index or 0], "cuda"  # it continued the global one
+    else:
+        agent_state, saved_device = rng["torch"], "cpu"
+    if not restore_generator(agent_generator, agent_state, saved_device, seed, step, "agent"):
+        reseeded.append(f"the agent's stream (saved on {saved_device or 'another device'})")
+    if not reseeded:
+        return None
+    return (f"{' and '.join(reseeded)} cannot continue on {here}: re-seeded from seed={seed} and step {step:,} "
+            f"(the run goes on, not bit for bit)")

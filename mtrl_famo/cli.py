@@ -60,8 +60,7 @@ def train_command(overrides: list[str]) -> int:
 
         from mtrl_famo.train import TrainingInterrupted
 
-        runconfig.check_machine(runconfig.validate_run(composed))
-        try:
+        try:  # each member's config (a resumed one is its saved config) is validated and checked there
             run_population(overrides, runconfig.compose_node(overrides))
         except TrainingInterrupted as exc:
             print(f"mtrl-famo train: {exc}", file=sys.stderr)

@@ -105,6 +105,7 @@ def run_population(overrides: Sequence[str], node, run_dir: str | None = None, t
                    out: Callable[[str], None] = print) -> list[dict]:
     """Train (or resume, or skip when finished) the population of a command line; each member's results."""
     configs, resume = population_configs(overrides, node, run_dir, train_settings)
+    runconfig.check_machine(configs[0])  # the members differ only in their seeds and folders
     # One process per population: its folder and every member's folder are locked (a member may be resumed alone).
     folders = [Path(configs[0].run_dir).parent, *(Path(c.run_dir) for c in configs)]
     try:

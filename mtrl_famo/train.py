@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import signal
 import sys
 import threading
@@ -20,12 +19,13 @@ from tqdm import tqdm
 from mtrl_famo.buffer import ReplayBuffer
 from mtrl_famo.atomic import write_json, write_text
 from mtrl_famo import env_state
-from mtrl_famo.checkpoint import (CheckpointError, checkpoint_path, derived_seed, load_checkpoint, restore_generator,
+from mtrl_famo.checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, load_rng_streams, rng_streams,
                                   save_checkpoint)
-from mtrl_famo.config import Config, ConfigError
+from mtrl_famo.config import Config
 from mtrl_famo.envs import benchmark_task_names, make_envs, step_async, step_wait, task_names, true_next_obs
 from mtrl_famo.evaluate import EvalResult, evaluate
 from mtrl_famo.nonfinite import NonFiniteWatch
+from mtrl_famo.restart import unstarted_run
 from mtrl_famo.run_files import CONFIG_FILE, EVALS_FILE, RESULTS_FILE, TENSORBOARD_DIR
 from mtrl_famo.runtime import configure_threads, resolve_device, seed_everything
 from mtrl_famo.sac import MTSAC
@@ -133,43 +133,6 @@ def announce(out, what: str, cfg: Config, lengths: RunLengths, num_tasks: int, d
         print(f"warning: {lengths.total - step:,} steps on a CPU take days with the default networks (about "
               f"100 h for the full MT10 protocol on 2 cores); for a CPU-sized study use experiment=mt10_cpu, "
               f"or a GPU (device=cuda)", file=sys.stderr)
-
-
-def unstarted_run(cfg: Config) -> bool:
-    """Whether ``cfg.run_dir`` holds a run stopped before its first checkpoint (a ``config.yaml``, no
-    checkpoint) with the config of ``cfg``: then it starts again from step 0.
-
-    The keys a resume may change (``train.*`` but the buffer size, ``eval.*``, ``video.*``, ``device``)
-    may differ here too.
-
-    :raises ConfigError: the folder's config.yaml is of another run (naming the first key that differs).
-    """
-    from mtrl_famo import runconfig
-
-    run_dir = Path(cfg.run_dir)
-    if checkpoint_path(run_dir).exists() or not (run_dir / CONFIG_FILE).is_file():
-        return False
-    saved = _flat(OmegaConf.to_container(OmegaConf.structured(runconfig.load_saved_config(run_dir))))
-    new = _flat(OmegaConf.to_container(OmegaConf.structured(cfg)))
-    for key in sorted(saved.keys() | new.keys()):
-        if (key.split(".")[0] in runconfig.RESUMABLE_PREFIXES and key not in runconfig.NOT_RESUMABLE) \
-                or saved.get(key) == new.get(key):
-            continue
-        raise ConfigError(f"run_dir={str(run_dir)!r} holds a run stopped before its first checkpoint, with "
-                          f"{key}={saved.get(key)}; cannot start it again with {key}={new.get(key)} (remove the "
-                          f"folder, or choose another run_dir for a new run)")
-    return True
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def format_duration(seconds: float) -> str:
@@ -280,15 +243,7 @@ class Trainer:
             "config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
             "agent": self.agent.state_dict(),
             "buffer": self.buffer.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-                "action_space": self.envs.action_space.np_random.bit_generator.state,
-                "agent": self.agent.generator.get_state(),
-                "agent_device": str(self.device),
-            },
+            "rng": rng_streams(self.envs.action_space, self.agent.generator),
             # The simulators (Meta-World's checkpoint API and the episodes in progress), and the loop's state.
             "envs": (env_state.capture(self.envs, self.eval_envs, self.obs, self.episode_log)
                      if self.obs is not None else None),
@@ -305,30 +260,9 @@ class Trainer:
         self._load_envs(state)
 
     def _load_rng(self, rng: dict) -> None:
-        """Every random stream where it was; a stream saved on another kind of device (or on more GPUs than
-        here) is re-seeded from the run's seed and step instead, said in one line."""
-        seed, step, reseeded = self.cfg.seed, self.step, []
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        self.envs.action_space.np_random.bit_generator.state = rng["action_space"]
-        if torch.cuda.is_available():
-            saved = rng["cuda"] or []
-            if len(saved) >= torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(saved[:torch.cuda.device_count()])
-            else:
-                torch.cuda.manual_seed_all(derived_seed(seed, step, "cuda"))
-                reseeded.append("torch's CUDA stream")
-        if "agent" in rng:
-            agent_state, saved_device = rng["agent"], rng.get("agent_device")
-        else:  # checkpoints from before the agent had its own stream: it continues the global one
-            agent_state, saved_device = (rng["torch"], "cpu") if self.device.type == "cpu" or not rng["cuda"] \
-                else (rng["cuda"][self.device.index or 0], "cuda")
-        if not restore_generator(self.agent.generator, agent_state, saved_device, seed, step, "agent"):
-            reseeded.append(f"the agent's stream (saved on {saved_device or 'another device'})")
-        if reseeded:
-            self.resume_notes.append(f"{' and '.join(reseeded)} cannot continue on {self.device}: re-seeded from "
-                                     f"seed={seed} and step {step:,} (the run goes on, not bit for bit)")
+        note = load_rng_streams(rng, self.envs.action_space, self.agent.generator, self.cfg.seed, self.step)
+        if note is not None:
+            self.resume_notes.append(note)
 
     def _load_envs(self, state: dict) -> None:
         """The simulators and the loop's state of the checkpoint, or fresh envs where it has none."""

@@ -26,7 +26,8 @@ RUN = [*TINY, "train.total_steps=600", "eval.every=200", "train.checkpoint_every
 TOTAL = 600
 
 # A `mtrl-famo train` that stops itself at a chosen point with a real signal: SIGTERM once the replay
-# buffer holds AT rows per task, or kill -9 inside the evaluation at step AT (after its envs ran).
+# buffer holds AT rows per task (or once the time left is printed), or kill -9 inside the evaluation at
+# step AT (after its envs ran).
 STOPPER = """
 import os, signal, sys
 from mtrl_famo import cli, train
@@ -41,6 +42,14 @@ if how == "sigterm":
             sent.append(1)
             os.kill(os.getpid(), signal.SIGTERM)
     ReplayBuffer.add = add_then_signal
+elif how == "eta":  # SIGTERM once the time left has been printed
+    observe = train.LearningSpeed.observe
+    def observe_then_signal(self, step):
+        observe(self, step)
+        if self.done and not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+    train.LearningSpeed.observe = observe_then_signal
 else:
     evaluate = train.evaluate
     def evaluate_then_die(agent, envs, names, episodes, step, *args, **kwargs):
@@ -212,7 +221,7 @@ def test_a_second_population_on_a_folder_in_use_is_refused(tmp_path):
 
 def test_a_population_warns_on_a_long_cpu_budget_and_times_the_learning_phase(tmp_path):
     pop_dir = tmp_path / "long"
-    proc = stopped_run("sigterm", 90, *POP, "train.total_steps=2000000", "train.warmup_steps=100",
+    proc = stopped_run("eta", 0, *POP, "train.total_steps=2000000", "train.warmup_steps=100",
                        "eval.every=1000000", "train.checkpoint_every=1000000", f"run_dir={pop_dir}")
     assert proc.returncode == 143, proc.stderr
     assert "warning: 2,000,000 steps on a CPU" in proc.stderr
