@@ -13,8 +13,11 @@ run with seed ``i`` computes, to float tolerance.
 The loop below is :meth:`Trainer._loop <mtrl_famo.train.Trainer._loop>` for ``N``
 members (a test trains both and compares them); each member's logging, evaluation and
 checkpoint go through its own :class:`~mtrl_famo.train.Trainer`. A population resumes
-as a whole, and its checkpoints are committed together (all written, then all renamed).
-A NaN/inf in any member stops the population with a line naming the member.
+as a whole, exactly as its members' single runs would (their envs' and loop's state is in
+their checkpoints), and its checkpoints are committed together (all written, then all
+renamed). Its folder and every member's folder are locked while it trains; SIGINT/SIGTERM
+checkpoint every member and name the command that resumes. A NaN/inf in any member stops
+the population with a line naming the member.
 """
 
 from __future__ import annotations
@@ -75,8 +78,11 @@ def population_configs(overrides: Sequence[str], node, run_dir: str | None = Non
     if "seed" in given:
         raise ConfigError("seed= and seeds= given together; a population takes its members' seeds from "
                           "seeds=[...], give one of them")
+    composed = OmegaConf.to_object(node)
+    population_dir = run_dir or node.run_dir or default_population_dir(composed)
+    if not any(checkpoint_path(member_dir(population_dir, s)).exists() for s in composed.seeds or []):
+        runconfig.validate_run(composed)  # a new population: the command line is its config (a resumed one: below)
     seeds = list(node.seeds)
-    population_dir = run_dir or node.run_dir or default_population_dir(OmegaConf.to_object(node))
     member_overrides = [o for o in overrides if runconfig.override_key(o) not in MEMBER_KEYS]
     configs, resumes = [], []
     for seed in seeds:
