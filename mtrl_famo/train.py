@@ -501,7 +501,8 @@ class Trainer:
     def _final_evaluation(self, writer: SummaryWriter) -> EvalResult:
         """The final evaluation; a run resumed from its final checkpoint (killed before results.json) has it."""
         last = self.evals[-1] if self.evals else None
-        if last is not None and last.step == self.step >= self.lengths.total and last.episodes == self.cfg.eval.final_episodes:
+        if last is not None and last.step == self.step >= self.lengths.total \
+                and last.episodes == self.cfg.eval.final_episodes:  # periodic evaluations stop before the end
             return last
         return self._evaluate(writer, self.cfg.eval.final_episodes)
 
