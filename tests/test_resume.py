@@ -117,17 +117,19 @@ def straight(request, tmp_path_factory) -> tuple[str, Path]:
     return request.param, run_dir
 
 
-def test_a_run_stopped_by_sigterm_mid_episode_resumes_bit_for_bit(straight, tmp_path):
+def test_a_run_stopped_by_sigterm_resumes_bit_for_bit(straight, tmp_path):
     aggregator, expected = straight
+    vector_steps = {"mean": 33, "pcgrad": 50}[aggregator]  # in the first episode; at its end (50-step episodes)
     run_dir = tmp_path / "stopped"
-    proc = stopped_run("sigterm", 33, *RUN, f"aggregator={aggregator}", f"run_dir={run_dir}")
+    proc = stopped_run("sigterm", vector_steps, *RUN, f"aggregator={aggregator}", f"run_dir={run_dir}")
     assert proc.returncode == 143, proc.stderr
-    assert f"stopped by SIGTERM at step 330; checkpoint saved in {run_dir}" in proc.stderr
+    assert f"stopped by SIGTERM at step {vector_steps * 10}; checkpoint saved in {run_dir}" in proc.stderr
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["envs"]["train"]["replay"]["actions"].shape \
-        == (33, 10, 4)  # in the first episode, 33 of its 50 steps done
+        == (vector_steps % 50, 10, 4)  # the actions of the episodes in progress
     proc = run_cli("train", f"run_dir={run_dir}")
     assert proc.returncode == 0, proc.stderr
-    assert f"resuming {run_dir} from step 330" in proc.stdout and "start fresh" not in proc.stdout
+    assert f"resuming {run_dir} from step {vector_steps * 10}" in proc.stdout
+    assert "start fresh" not in proc.stdout and "start new episodes" not in proc.stdout  # restored exactly
     assert_same_run(expected, run_dir)
 
 
@@ -158,10 +160,7 @@ def test_extending_a_finished_run_is_the_longer_run(straight, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"resuming {extended} from step 600" in proc.stdout
     # The shorter run's final evaluation at 600 stays; the longer run evaluated at 600 too, the same way.
-    assert_same_state(torch.load(longer / "checkpoint.pt", weights_only=False),
-                      {**torch.load(extended / "checkpoint.pt", weights_only=False)})
-    assert (extended / "evals.jsonl").read_text() == (longer / "evals.jsonl").read_text()
-    assert tensorboard_steps(extended) == tensorboard_steps(longer)
+    assert_same_run(longer, extended)
 
 
 # ---------------------------------------------------------------------------- populations
@@ -202,6 +201,19 @@ def test_a_stopped_population_resumes_bit_for_bit(straight_population, tmp_path,
     assert f"resuming the population of seeds [0, 1] from step {resumed_from}" in proc.stdout
     for seed in (0, 1):
         assert_same_run(straight_population / f"s{seed}", pop_dir / f"s{seed}")
+
+
+def test_extending_a_finished_population_is_the_longer_population(straight_population, tmp_path):
+    longer = tmp_path / "longer"
+    proc = run_cli("train", *POP, "train.total_steps=800", f"run_dir={longer}")
+    assert proc.returncode == 0, proc.stderr
+    extended = tmp_path / "extended"
+    shutil.copytree(straight_population, extended)
+    proc = run_cli("train", "seeds=[0,1]", f"run_dir={extended}", "train.total_steps=800")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming the population of seeds [0, 1] from step 600" in proc.stdout
+    for seed in (0, 1):
+        assert_same_run(longer / f"s{seed}", extended / f"s{seed}")
 
 
 def test_a_second_population_on_a_folder_in_use_is_refused(tmp_path):
