@@ -148,18 +148,16 @@ def test_a_run_killed_during_an_evaluation_resumes_bit_for_bit(straight, tmp_pat
 
 
 def test_extending_a_finished_run_is_the_longer_run(straight, tmp_path):
-    aggregator, shorter = straight
+    aggregator, longer = straight
     if aggregator != "mean":
         pytest.skip("one aggregator is enough")
-    longer = tmp_path / "longer"
-    proc = run_cli("train", *RUN, "train.total_steps=800", f"run_dir={longer}")
-    assert proc.returncode == 0, proc.stderr
     extended = tmp_path / "extended"
-    shutil.copytree(shorter, extended)
-    proc = run_cli("train", f"run_dir={extended}", "train.total_steps=800")
+    proc = run_cli("train", *RUN, "train.total_steps=400", f"run_dir={extended}")
     assert proc.returncode == 0, proc.stderr
-    assert f"resuming {extended} from step 600" in proc.stdout
-    # The shorter run's final evaluation at 600 stays; the longer run evaluated at 600 too, the same way.
+    proc = run_cli("train", f"run_dir={extended}", f"train.total_steps={TOTAL}")
+    assert proc.returncode == 0, proc.stderr
+    assert f"resuming {extended} from step 400" in proc.stdout
+    # The shorter run's final evaluation at 400 stays; the longer run evaluated at 400 too, the same way.
     assert_same_run(longer, extended)
 
 
@@ -204,16 +202,14 @@ def test_a_stopped_population_resumes_bit_for_bit(straight_population, tmp_path,
 
 
 def test_extending_a_finished_population_is_the_longer_population(straight_population, tmp_path):
-    longer = tmp_path / "longer"
-    proc = run_cli("train", *POP, "train.total_steps=800", f"run_dir={longer}")
-    assert proc.returncode == 0, proc.stderr
     extended = tmp_path / "extended"
-    shutil.copytree(straight_population, extended)
-    proc = run_cli("train", "seeds=[0,1]", f"run_dir={extended}", "train.total_steps=800")
+    proc = run_cli("train", *POP, "train.total_steps=400", f"run_dir={extended}")
     assert proc.returncode == 0, proc.stderr
-    assert "resuming the population of seeds [0, 1] from step 600" in proc.stdout
+    proc = run_cli("train", "seeds=[0,1]", f"run_dir={extended}", f"train.total_steps={TOTAL}")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming the population of seeds [0, 1] from step 400" in proc.stdout
     for seed in (0, 1):
-        assert_same_run(longer / f"s{seed}", extended / f"s{seed}")
+        assert_same_run(straight_population / f"s{seed}", extended / f"s{seed}")
 
 
 def test_a_second_population_on_a_folder_in_use_is_refused(tmp_path):
@@ -255,20 +251,25 @@ def test_an_old_checkpoint_resumes_with_fresh_envs(tmp_path):
 
 
 def test_a_generator_state_of_another_device_is_reseeded_from_seed_and_step(tmp_path):
-    runs = []
-    for name in ("a", "b"):
-        run_dir = tmp_path / name
-        shutil.copytree(FIXTURES / "single", run_dir)
-        state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-        cuda_like = torch.arange(16, dtype=torch.uint8)  # a CUDA generator's state: Philox seed and offset
-        state["rng"].update(agent=cuda_like, agent_device="cuda:0", cuda=[cuda_like])
-        torch.save(state, run_dir / "checkpoint.pt")
-        proc = run_cli("train", f"run_dir={run_dir}", "train.total_steps=400")
-        assert proc.returncode == 0, proc.stderr
-        assert ("the agent's stream (saved on cuda:0) cannot continue on cpu: re-seeded from seed=0 and step 300 "
-                "(the run goes on, not bit for bit)") in proc.stdout.splitlines()
-        runs.append(torch.load(run_dir / "checkpoint.pt", weights_only=False))
-    assert_same_state(runs[0]["agent"], runs[1]["agent"])  # the re-seeding is deterministic
+    from mtrl_famo.checkpoint import restore_generator
+
+    run_dir = tmp_path / "from-cuda"
+    shutil.copytree(FIXTURES / "single", run_dir)
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    cuda_like = torch.arange(16, dtype=torch.uint8)  # a CUDA generator's state: Philox seed and offset
+    state["rng"].update(agent=cuda_like, agent_device="cuda:0", cuda=[cuda_like])
+    torch.save(state, run_dir / "checkpoint.pt")
+    proc = run_cli("train", f"run_dir={run_dir}", "train.total_steps=400")
+    assert proc.returncode == 0, proc.stderr
+    assert ("the agent's stream (saved on cuda:0) cannot continue on cpu: re-seeded from seed=0 and step 300 "
+            "(the run goes on, not bit for bit)") in proc.stdout.splitlines()
+    # The same seed and step give the same stream, on every machine; another step another one.
+    draws = []
+    for step in (300, 300, 310):
+        generator = torch.Generator()
+        assert not restore_generator(generator, cuda_like, "cuda:0", 0, step, "agent")
+        draws.append(torch.randn(4, generator=generator))
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
 
 
 def test_an_old_population_checkpoint_resumes(tmp_path):
