@@ -58,8 +58,13 @@ def train_command(overrides: list[str]) -> int:
     if composed.seeds is not None:  # a population: one member per seed, in one process
         from mtrl_famo.population import run_population
 
-        runconfig.check_machine(runconfig.validate_run(composed))
-        run_population(overrides, runconfig.compose_node(overrides))
+        from mtrl_famo.train import TrainingInterrupted
+
+        try:  # each member's config (a resumed one is its saved config) is validated and checked there
+            run_population(overrides, runconfig.compose_node(overrides))
+        except TrainingInterrupted as exc:
+            print(f"mtrl-famo train: {exc}", file=sys.stderr)
+            return exc.exit_code
         return 0
     cfg, resume = runconfig.train_config(overrides, composed=composed)
     runconfig.check_machine(cfg)

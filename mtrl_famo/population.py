@@ -13,8 +13,11 @@ run with seed ``i`` computes, to float tolerance.
 The loop below is :meth:`Trainer._loop <mtrl_famo.train.Trainer._loop>` for ``N``
 members (a test trains both and compares them); each member's logging, evaluation and
 checkpoint go through its own :class:`~mtrl_famo.train.Trainer`. A population resumes
-as a whole, and its checkpoints are committed together (all written, then all renamed).
-A NaN/inf in any member stops the population with a line naming the member.
+as a whole, exactly as its members' single runs would (their envs' and loop's state is in
+their checkpoints), and its checkpoints are committed together (all written, then all
+renamed). Its folder and every member's folder are locked while it trains; SIGINT/SIGTERM
+checkpoint every member and name the command that resumes. A NaN/inf in any member stops
+the population with a line naming the member.
 """
 
 from __future__ import annotations
@@ -36,10 +39,12 @@ from mtrl_famo.atomic import write_json
 from mtrl_famo.checkpoint import CheckpointError, checkpoint_path
 from mtrl_famo.config import Config, ConfigError
 from mtrl_famo.envs import step_async, step_wait, true_next_obs
-from mtrl_famo.run_files import CONFIG_FILE, RESULTS_FILE
+from mtrl_famo.run_files import RESULTS_FILE
+from mtrl_famo.run_lock import lock_run_dir, unlock_run_dir
 from mtrl_famo.stacked_sac import StackedMTSAC
 from mtrl_famo.step_rules import env_actions, stored_terminated, updates_at
-from mtrl_famo.train import Trainer, crossed
+from mtrl_famo.train import (LearningSpeed, StopSignals, Trainer, TrainingInterrupted, announce, crossed,
+                             open_writer)
 from mtrl_famo.video.periodic import PeriodicVideos
 
 #: Keys a population sets per member; the rest of the command line is shared.
@@ -74,8 +79,11 @@ def population_configs(overrides: Sequence[str], node, run_dir: str | None = Non
     if "seed" in given:
         raise ConfigError("seed= and seeds= given together; a population takes its members' seeds from "
                           "seeds=[...], give one of them")
+    composed = OmegaConf.to_object(node)
+    population_dir = run_dir or node.run_dir or default_population_dir(composed)
+    if not any(checkpoint_path(member_dir(population_dir, s)).exists() for s in composed.seeds or []):
+        runconfig.validate_run(composed)  # a new population: the command line is its config (a resumed one: below)
     seeds = list(node.seeds)
-    population_dir = run_dir or node.run_dir or default_population_dir(OmegaConf.to_object(node))
     member_overrides = [o for o in overrides if runconfig.override_key(o) not in MEMBER_KEYS]
     configs, resumes = [], []
     for seed in seeds:
@@ -105,6 +113,19 @@ def run_population(overrides: Sequence[str], node, run_dir: str | None = None, t
                    out: Callable[[str], None] = print) -> list[dict]:
     """Train (or resume, or skip when finished) the population of a command line; each member's results."""
     configs, resume = population_configs(overrides, node, run_dir, train_settings)
+    runconfig.check_machine(configs[0])  # the members differ only in their seeds and folders
+    # One process per population: its folder and every member's folder are locked (a member may be resumed alone).
+    folders = [Path(configs[0].run_dir).parent, *(Path(c.run_dir) for c in configs)]
+    try:
+        for folder in folders:
+            lock_run_dir(folder)
+        return _run_locked(configs, resume, out)
+    finally:
+        for folder in folders:
+            unlock_run_dir(folder)
+
+
+def _run_locked(configs: list[Config], resume: bool, out: Callable[[str], None]) -> list[dict]:
     finished = [runconfig.finished_results(c) for c in configs]
     if all(f is not None for f in finished):
         for c, f in zip(configs, finished):
@@ -125,6 +146,10 @@ class PopulationTrainer:
 
     def __init__(self, configs: Sequence[Config], out: Callable[[str], None] = print):
         self.out = out
+        self.population_dir = Path(configs[0].run_dir).parent
+        seeds = ",".join(str(c.seed) for c in configs)
+        #: what resumes the population (its saved config is kept; seeds and folder name it).
+        self.resume_command = f"mtrl-famo train 'seeds=[{seeds}]' run_dir={self.population_dir}"
         # Each member is built as its single run builds it (seeding, envs, networks, buffer).
         self.members = [Trainer(c, out=lambda line, s=c.seed: out(f"[seed {s}] {line}")) for c in configs]
         self.cfg = self.members[0].cfg
@@ -160,6 +185,8 @@ class PopulationTrainer:
         pending: list[tuple[str, Path]] = []
         try:
             for member in self.members:
+                if member.writer is not None:  # its events up to this step on disk before the checkpoint
+                    member.writer.flush()
                 path = checkpoint_path(member.run_dir)
                 fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
                 pending.append((tmp, path))
@@ -188,6 +215,9 @@ class PopulationTrainer:
     def run(self, resume: bool = False) -> list[dict]:
         """Train every member to ``total`` steps (continuing from the checkpoints when ``resume``).
 
+        SIGINT and SIGTERM stop the loop after the current step, checkpoint every member and
+        raise :class:`~mtrl_famo.train.TrainingInterrupted`, as for a single run.
+
         :return: each member's results (what :meth:`Trainer.run` returns), in seed order.
         """
         members = self.members
@@ -198,46 +228,74 @@ class PopulationTrainer:
         if resume:
             self.resume()
             self.out(f"resuming the population of seeds {[m.cfg.seed for m in members]} from step {self.step}")
+            for m in members:
+                for note in m.resume_notes:
+                    m.out(note)
         else:
             for m in members:
-                (m.run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(m.cfg)))
-        writers = [SummaryWriter(str(m.run_dir / "tb")) for m in members]
-        if not resume:
-            for m, w in zip(members, writers):
-                w.add_text("hyperparameters", "```yaml\n" + OmegaConf.to_yaml(OmegaConf.structured(m.cfg)) + "```")
+                m.start_fresh()
+        announce(self.out, f"{self.population_dir} (seeds {[m.cfg.seed for m in members]})", self.cfg,
+                 self.lengths, self.num_tasks, members[0].device, self.step)
+        for m in members:
+            m.writer = open_writer(m.run_dir, self.step if resume else None, m.cfg)
+        writers = [m.writer for m in members]
         try:
-            self._loop(writers)
+            with StopSignals() as stop:
+                self._loop(writers, stop)
+                if stop.received:
+                    self.save()
+                    raise TrainingInterrupted(
+                        f"stopped by {stop.received} at step {self.step:,}; every member's checkpoint saved in "
+                        f"{self.population_dir}. Resume with: {self.resume_command}", stop.exit_code)
             self._check_finite()
             self.agent.write_back()
-            finals = [m._evaluate(w, m.cfg.eval.final_episodes) for m, w in zip(members, writers)]
+            finals = [m._final_evaluation(w) for m, w in zip(members, writers)]
             results = [m._results(final) for m, final in zip(members, finals)]
+            self.save()  # the final weights first: results.json says "finished" only once they are safe
             for m, r in zip(members, results):
                 write_json(m.run_dir / RESULTS_FILE, r)
-            self.save()
         finally:
             for m, w in zip(members, writers):
                 w.close()
                 m.envs.close()
                 m.eval_envs.close()
         for m, final in zip(members, finals):
-            m.out(f"mean success {final.mean_success_rate:.2f}; results written to {m.run_dir / RESULTS_FILE}")
+            self.out(f"seed {m.cfg.seed} ({m.run_dir}):\n{final.table()}")
+        self.out(f"mean success over the seeds {np.mean([f.mean_success_rate for f in finals]):.2f}; results "
+                 f"written to {', '.join(str(m.run_dir / RESULTS_FILE) for m in members)}")
         return results
 
-    def _loop(self, writers: list[SummaryWriter]) -> None:
+    def _progress_bar(self, learning: bool, initial: int) -> tqdm:
+        """The bar of one phase, as :meth:`Trainer._progress_bar`: warm-up, then learning, each with its rate."""
+        n = self.lengths
+        end = n.total if learning or n.warmup >= n.total else n.warmup
+        return tqdm(total=end, initial=initial, unit="step", unit_scale=True, dynamic_ncols=True,
+                    disable=not self.cfg.train.progress, mininterval=1.0,
+                    desc=f"{len(self.members)} seeds, {'learning' if learning else 'warm-up'}")
+
+    def _loop(self, writers: list[SummaryWriter], stop: StopSignals) -> None:
         """:meth:`Trainer._loop` for every member, with one stacked update per update step."""
         members, cfg, n, k = self.members, self.cfg, self.lengths, self.num_tasks
-        obs = np.stack([m.envs.reset(seed=m.cfg.seed + self.step)[0] for m in members])  # [N, k, obs_dim]
-        episode_success = [np.zeros(k, dtype=bool) for _ in members]
+        for m in members:
+            if m.obs is None:  # a new run, or a checkpoint without the envs' state
+                m.obs = m.envs.reset(seed=m.cfg.seed + self.step)[0]
+                m.episode_log.start()
+        obs = np.stack([m.obs for m in members])  # [N, k, obs_dim]
         sps_clock, sps_step = time.perf_counter(), self.step
-        bar = tqdm(total=n.total, initial=self.step, unit="step", unit_scale=True, dynamic_ncols=True,
-                   disable=not cfg.train.progress, mininterval=1.0, desc=f"{len(members)} seeds")
-        while self.step < n.total:
+        bar = self._progress_bar(self.step >= n.warmup, self.step)
+        eta = LearningSpeed(n.total, self.out)
+        while self.step < n.total and not stop.received:
             prev_step, self.step = self.step, self.step + k
             for m in members:
                 m.step = self.step
             log_now = crossed(prev_step, self.step, n.log_every)
             clock = time.perf_counter()
             learning = prev_step >= n.warmup and members[0].buffer.size > 0
+            if learning and eta.start_step is None:  # the first learning step of this process
+                if bar.total != n.total:  # the warm-up bar's rate would make the ETA far too short
+                    bar.close()
+                    bar = self._progress_bar(True, prev_step)
+                eta.start(prev_step)
             if learning:
                 actions = env_actions(self.agent.act(obs), cfg.agent.clip_actions)  # [N, k, act_dim]
                 for m, a in zip(members, actions):
@@ -246,6 +304,8 @@ class PopulationTrainer:
                         self._stop(m, f"non-finite actions (NaN or inf) from the policy at step {self.step}")
             else:
                 actions = np.stack([m.envs.action_space.sample() for m in members])
+            for m, a in zip(members, actions):
+                m.episode_log.record(a)
             pending = [step_async(m.envs, a) for m, a in zip(members, actions)]
             self.timing["act"] += time.perf_counter() - clock
 
@@ -263,7 +323,6 @@ class PopulationTrainer:
                             m._log_update(w, {key: value[i] for key, value in metrics.items()})
             self.timing["update"] += time.perf_counter() - clock
 
-            next_obs = []
             for i, (m, w) in enumerate(zip(members, writers)):
                 clock = time.perf_counter()
                 member_obs, rewards, terminated, truncated, infos = step_wait(m.envs, pending[i])
@@ -271,11 +330,14 @@ class PopulationTrainer:
                 m.buffer.add(obs[i], actions[i], rewards, true_next_obs(member_obs, infos),
                              stored_terminated(terminated, truncated, cfg.train.truncation_as_done))
                 done = terminated | truncated
-                episode_success[i] |= m._step_success(infos, done)
-                m._log_finished_episodes(w, infos, done, episode_success[i])
-                next_obs.append(member_obs)
-            obs = np.stack(next_obs)
+                m.episode_log.step_done(done)
+                m.episode_success |= m._step_success(infos, done)
+                m._log_finished_episodes(w, infos, done, m.episode_success)
+                m.obs = member_obs
+            obs = np.stack([m.obs for m in members])
             bar.update(k)
+            if learning:
+                eta.observe(self.step)
 
             if log_now:
                 now = time.perf_counter()

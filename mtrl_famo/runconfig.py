@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mtrl_famo.config import Config, ConfigError, register_schemas, validate
-from mtrl_famo.run_files import CHECKPOINT_FILE, CONFIG_FILE, LOCK_FILE, RESULTS_FILE
+from mtrl_famo.run_files import CHECKPOINT_FILE, CONFIG_FILE, LOCK_FILE, RESULTS_FILE, population_members
 
 GROUPS = ("benchmark", "aggregator", "agent", "protocol", "experiment")
 # What may change when a run is resumed; everything else must match the saved run.
@@ -305,7 +305,10 @@ def load_checkpointed_config(run_dir: Path) -> Config:
     :raises ConfigError: if ``run_dir`` has no checkpoint or no ``config.yaml``.
     """
     if not (run_dir / CHECKPOINT_FILE).is_file() or not (run_dir / CONFIG_FILE).is_file():
-        raise ConfigError(f"run_dir={str(run_dir)!r} holds no checkpoint ({CHECKPOINT_FILE}) of a mtrl-famo run")
+        members = population_members(run_dir)
+        hint = (f"; it is a population's folder: give one member, e.g. run_dir={str(run_dir / members[0])!r} "
+                f"(members: {', '.join(members)})") if members else ""
+        raise ConfigError(f"run_dir={str(run_dir)!r} holds no checkpoint ({CHECKPOINT_FILE}) of a mtrl-famo run{hint}")
     return load_saved_config(run_dir)
 
 

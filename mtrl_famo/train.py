@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import signal
 import sys
 import threading
@@ -19,12 +18,15 @@ from tqdm import tqdm
 
 from mtrl_famo.buffer import ReplayBuffer
 from mtrl_famo.atomic import write_json, write_text
-from mtrl_famo.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
+from mtrl_famo import env_state
+from mtrl_famo.checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, load_rng_streams, rng_streams,
+                                  save_checkpoint)
 from mtrl_famo.config import Config
 from mtrl_famo.envs import benchmark_task_names, make_envs, step_async, step_wait, task_names, true_next_obs
 from mtrl_famo.evaluate import EvalResult, evaluate
 from mtrl_famo.nonfinite import NonFiniteWatch
-from mtrl_famo.run_files import CONFIG_FILE, EVALS_FILE, RESULTS_FILE
+from mtrl_famo.restart import unstarted_run
+from mtrl_famo.run_files import CONFIG_FILE, EVALS_FILE, RESULTS_FILE, TENSORBOARD_DIR
 from mtrl_famo.runtime import configure_threads, resolve_device, seed_everything
 from mtrl_famo.sac import MTSAC
 from mtrl_famo.step_rules import env_actions, stored_terminated, updates_at
@@ -119,6 +121,21 @@ class LearningSpeed:
         self.done = True
 
 
+def announce(out, what: str, cfg: Config, lengths: RunLengths, num_tasks: int, device: torch.device,
+             step: int) -> None:
+    """The start line of a run or population (``what``: its folder, and seeds) and, on a CPU with a long
+    budget, a warning on stderr."""
+    threads = f", {torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}" \
+        if device.type == "cpu" else ""
+    out(f"training {what}: {cfg.benchmark.label} ({num_tasks} task{'s' if num_tasks != 1 else ''}), "
+        f"aggregator={cfg.aggregator.name}, device={device}{threads}; {lengths.total:,} steps ({lengths.warmup:,} of "
+        f"random-action warm-up), from step {step:,}; the time left is printed once learning has run a few seconds")
+    if device.type == "cpu" and lengths.total - step >= CPU_WARNING_STEPS:
+        print(f"warning: {lengths.total - step:,} steps on a CPU take days with the default networks (about "
+              f"100 h for the full MT10 protocol on 2 cores); for a CPU-sized study use experiment=mt10_cpu, "
+              f"or a GPU (device=cuda)", file=sys.stderr)
+
+
 def format_duration(seconds: float) -> str:
     """``45 s``, ``12 min``, ``3.5 h``, ``4.2 days``."""
     if seconds < 90:
@@ -160,6 +177,22 @@ def load_resume_state(cfg: Config) -> dict:
     return state
 
 
+def open_writer(run_dir: Path, resumed_at: int | None, cfg: Config) -> SummaryWriter:
+    """The TensorBoard writer of a run folder.
+
+    A resumed run drops the events logged after its checkpoint (they are redone), and keeps those
+    of the checkpoint's own step (logged before it was written, never redone): TensorBoard hides
+    every event at or after ``purge_step``, hence the checkpoint's step + 1. A new run logs its
+    hyperparameters.
+
+    :param resumed_at: the checkpoint's step, or None for a run from step 0.
+    """
+    writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=None if resumed_at is None else resumed_at + 1)
+    if resumed_at is None:
+        writer.add_text("hyperparameters", "```yaml\n" + OmegaConf.to_yaml(OmegaConf.structured(cfg)) + "```")
+    return writer
+
+
 def crossed(prev_step: int, step: int, every: int) -> bool:
     """Whether a multiple of ``every`` lies in ``(prev_step, step]``."""
     return step // every > prev_step // every
@@ -172,6 +205,8 @@ class Trainer:
         self.cfg = cfg
         self.out = out
         self.run_dir = Path(cfg.run_dir)
+        #: the folder holds a run stopped before its first checkpoint (same config): it starts again.
+        self.restart = unstarted_run(cfg)
         self.device = resolve_device(cfg.device)
         configure_threads(cfg.train.torch_threads, self.device)
         seed_everything(cfg.seed)
@@ -192,6 +227,13 @@ class Trainer:
                                    shared_indices=cfg.train.shared_replay_indices)
         self.step = 0
         self.evals: list[EvalResult] = []
+        # What the loop holds between two steps (saved in the checkpoint with the envs' state):
+        self.obs: np.ndarray | None = None  # [num_tasks, obs_dim] to act on next; None: reset the envs first
+        self.episode_log = env_state.EpisodeLog()  # the actions of the episodes in progress
+        self.episode_success = np.zeros(self.num_tasks, dtype=bool)  # [num_tasks] success so far this episode
+        self.writer: SummaryWriter | None = None
+        #: lines a resume prints: what could not be restored exactly.
+        self.resume_notes: list[str] = []
         #: wall seconds spent choosing actions, in gradient updates and waiting for the envs.
         self.timing = {"act": 0.0, "update": 0.0, "env": 0.0}
 
@@ -203,14 +245,11 @@ class Trainer:
             "config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
             "agent": self.agent.state_dict(),
             "buffer": self.buffer.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-                "action_space": self.envs.action_space.np_random.bit_generator.state,
-                "agent": self.agent.generator.get_state(),
-            },
+            "rng": rng_streams(self.envs.action_space, self.agent.generator),
+            # The simulators (Meta-World's checkpoint API and the episodes in progress), and the loop's state.
+            "envs": (env_state.capture(self.envs, self.eval_envs, self.obs, self.episode_log)
+                     if self.obs is not None else None),
+            "loop": {"episode_success": self.episode_success.copy()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -219,20 +258,26 @@ class Trainer:
         self.step = state["step"]
         self.agent.load_state_dict(state["agent"])
         self.buffer.load_state_dict(state["buffer"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        self.envs.action_space.np_random.bit_generator.state = rng["action_space"]
-        # Checkpoints from before the agent had its own stream: it continues the global one.
-        if "agent" in rng:
-            self.agent.generator.set_state(rng["agent"])
-        elif self.device.type == "cuda" and rng["cuda"] is not None:
-            self.agent.generator.set_state(rng["cuda"][self.device.index or 0])
-        elif self.device.type == "cpu":
-            self.agent.generator.set_state(rng["torch"])
+        self._load_rng(state["rng"])
+        self._load_envs(state)
+
+    def _load_rng(self, rng: dict) -> None:
+        note = load_rng_streams(rng, self.envs.action_space, self.agent.generator, self.cfg.seed, self.step)
+        if note is not None:
+            self.resume_notes.append(note)
+
+    def _load_envs(self, state: dict) -> None:
+        """The simulators and the loop's state of the checkpoint, or fresh envs where it has none."""
+        saved = state.get("envs")
+        if saved is None:
+            self.resume_notes.append("the checkpoint holds no simulator state (written before mtrl-famo saved "
+                                     "it): the envs start fresh, their goal sequences from the start")
+            return
+        self.obs, problem = env_state.restore(self.envs, self.eval_envs, saved, self.episode_log)
+        if problem is None:
+            self.episode_success = np.asarray(state["loop"]["episode_success"], dtype=bool).copy()
+        else:
+            self.resume_notes.append(problem)
 
     def save(self) -> None:
         """Write the checkpoint atomically.
@@ -240,6 +285,8 @@ class Trainer:
         :raises OSError: the file could not be written (a full disk): one line, the last checkpoint intact.
         """
         self._check_finite()
+        if self.writer is not None:  # the events up to this step on disk before the checkpoint says they exist
+            self.writer.flush()
         path = checkpoint_path(self.run_dir)
         try:
             save_checkpoint(path, self.state_dict())
@@ -290,14 +337,12 @@ class Trainer:
         if resume:
             self.resume(state)
             self.out(f"resuming {self.run_dir} from step {self.step}")
+            for note in self.resume_notes:
+                self.out(note)
         else:
-            config_text = OmegaConf.to_yaml(OmegaConf.structured(self.cfg))
-            write_text(self.run_dir / CONFIG_FILE, config_text, readable=True)
+            self.start_fresh()
         self._announce()
-        # purge_step: a resumed run drops the events logged after its checkpoint (they are redone).
-        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step if resume else None)
-        if not resume:
-            writer.add_text("hyperparameters", "```yaml\n" + OmegaConf.to_yaml(OmegaConf.structured(self.cfg)) + "```")
+        writer = self.writer = open_writer(self.run_dir, self.step if resume else None, self.cfg)
         try:
             with StopSignals() as stop:
                 self._loop(writer, stop)
@@ -306,7 +351,7 @@ class Trainer:
                     raise TrainingInterrupted(
                         f"stopped by {stop.received} at step {self.step:,}; checkpoint saved in {self.run_dir}. "
                         f"Resume with: mtrl-famo train run_dir={self.run_dir}", stop.exit_code)
-            final = self._evaluate(writer, self.cfg.eval.final_episodes)
+            final = self._final_evaluation(writer)
             results = self._results(final)
             self.save()  # the final weights first: results.json says "finished" only once they are safe
             write_json(self.run_dir / RESULTS_FILE, results)
@@ -318,19 +363,19 @@ class Trainer:
         self.out(f"results written to {self.run_dir / RESULTS_FILE}")
         return results
 
+    def start_fresh(self) -> None:
+        """Write config.yaml; in a folder of a run stopped before its first checkpoint, drop what it logged."""
+        if self.restart:
+            self.out(f"{self.run_dir} holds a run with this config stopped before its first checkpoint: "
+                     f"starting it again from step 0")
+            for path in (self.run_dir / TENSORBOARD_DIR).glob("events.out.tfevents.*"):
+                path.unlink()
+            (self.run_dir / EVALS_FILE).unlink(missing_ok=True)
+        write_text(self.run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.structured(self.cfg)), readable=True)
+
     def _announce(self) -> None:
         """The start line (folder, benchmark, device, budget) and, on a CPU with a long budget, a warning."""
-        n, cfg = self.lengths, self.cfg
-        threads = f", {torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}" \
-            if self.device.type == "cpu" else ""
-        self.out(f"training {self.run_dir}: {cfg.benchmark.label} ({self.num_tasks} task"
-                 f"{'s' if self.num_tasks != 1 else ''}), aggregator={cfg.aggregator.name}, "
-                 f"device={self.device}{threads}; {n.total:,} steps ({n.warmup:,} of random-action warm-up), "
-                 f"from step {self.step:,}; the time left is printed once learning has run a few seconds")
-        if self.device.type == "cpu" and n.total - self.step >= CPU_WARNING_STEPS:
-            print(f"warning: {n.total - self.step:,} steps on a CPU take days with the default networks (about "
-                  f"100 h for the full MT10 protocol on 2 cores); for a CPU-sized study use experiment=mt10_cpu, "
-                  f"or a GPU (device=cuda)", file=sys.stderr)
+        announce(self.out, str(self.run_dir), self.cfg, self.lengths, self.num_tasks, self.device, self.step)
 
     def _loop(self, writer: SummaryWriter, stop: "StopSignals") -> None:
         """Collect and learn until ``total`` steps.
@@ -341,8 +386,10 @@ class Trainer:
         the same for sync and async envs, so both give the same run for the same seed.
         """
         cfg, n, k = self.cfg, self.lengths, self.num_tasks
-        obs, _ = self.envs.reset(seed=cfg.seed + self.step)
-        episode_success = np.zeros(k, dtype=bool)
+        if self.obs is None:  # a new run, or a checkpoint without the envs' state
+            self.obs, _ = self.envs.reset(seed=cfg.seed + self.step)
+            self.episode_log.start()
+        obs, episode_success = self.obs, self.episode_success
         sps_clock, sps_step = time.perf_counter(), self.step
         bar = self._progress_bar(learning=self.step >= n.warmup)
         eta = LearningSpeed(n.total, self.out)
@@ -361,6 +408,7 @@ class Trainer:
             if learning and not np.isfinite(actions).all():  # already on the host: costs no sync
                 self._check_finite()  # names the update that went wrong, if the watch saw it
                 self._stop_non_finite(f"non-finite actions (NaN or inf) from the policy at step {self.step}")
+            self.episode_log.record(actions)
             pending = step_async(self.envs, actions)
             self.timing["act"] += time.perf_counter() - clock
 
@@ -382,9 +430,10 @@ class Trainer:
             self.buffer.add(obs, actions, rewards, true_next_obs(next_obs, infos),
                             stored_terminated(terminated, truncated, cfg.train.truncation_as_done))
             done = terminated | truncated
+            self.episode_log.step_done(done)
             episode_success |= self._step_success(infos, done)
             self._log_finished_episodes(writer, infos, done, episode_success)
-            obs = next_obs
+            obs = self.obs = next_obs
             bar.update(k)
             if learning:
                 eta.observe(self.step)
@@ -453,6 +502,14 @@ class Trainer:
         self.evals = [e for e in self.evals if e.step != result.step] + [result]
         self._write_evals()
         return result
+
+    def _final_evaluation(self, writer: SummaryWriter) -> EvalResult:
+        """The final evaluation; a run resumed from its final checkpoint (killed before results.json) has it."""
+        last = self.evals[-1] if self.evals else None
+        if last is not None and last.step == self.step >= self.lengths.total \
+                and last.episodes == self.cfg.eval.final_episodes:  # periodic evaluations stop before the end
+            return last
+        return self._evaluate(writer, self.cfg.eval.final_episodes)
 
     def _write_evals(self) -> None:
         write_text(self.run_dir / EVALS_FILE, "".join(json.dumps(e.to_dict()) + "\n" for e in self.evals))
