@@ -102,7 +102,8 @@ class FAMO(Aggregator):
         # no autograd call and no optimizer object, so a compiled update can trace it.
         z = torch.softmax(self.logits.detach(), dim=0)
         grad = z * (delta - (z * delta).sum())
-        adam_step_(adam_tensors(self._optimizer), [grad])
+        # The logits keep their own dtype (float32): float64 losses give a float64 delta.
+        adam_step_(adam_tensors(self._optimizer), [grad.to(self.logits.dtype)])
         self._prev_losses = None
 
     @property

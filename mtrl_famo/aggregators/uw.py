@@ -81,7 +81,9 @@ class UW(Aggregator):
         combined = (torch.exp(-s) * losses).sum() + s.sum()
         self._loss_weights = torch.exp(-s)
         # The Adam step on s, on the optimizer's own state (no optimizer.step(): a compiled update traces this).
-        adam_step_(adam_tensors(self._optimizer), [self.log_var_gradient(losses.detach()).to(self.log_vars.device)])
+        # s keeps its own dtype (float32) whatever the losses' dtype (float64 outside RL).
+        adam_step_(adam_tensors(self._optimizer),
+                   [self.log_var_gradient(losses.detach()).to(self.log_vars.device, self.log_vars.dtype)])
         return combined
 
     def log_var_gradient(self, losses: Tensor) -> Tensor:
