@@ -290,7 +290,7 @@ class Trainer:
             self.out(f"resuming {self.run_dir} from step {self.step}")
         else:
             config_text = OmegaConf.to_yaml(OmegaConf.structured(self.cfg))
-            write_text(self.run_dir / CONFIG_FILE, config_text, readable=True)
+            write_text(self.run_dir / CONFIG_FILE, config_text)
         self._announce()
         # purge_step: a resumed run drops the events logged after its checkpoint (they are redone).
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step if resume else None)

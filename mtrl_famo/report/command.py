@@ -49,10 +49,10 @@ def write_report(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, plo
             save_figure(plot_learning_curves(bench, groups), out / names["learning_curves"])
             save_figure(plot_heatmap(bench, groups), out / names["per_task_heatmap"])
             save_figure(plot_per_task_curves(bench, groups), out / names["per_task_curves"])
-    write_text(out / "summary.csv", summary_csv(sections), readable=True)
-    write_text(out / "per_task.csv", per_task_csv(sections), readable=True)
-    write_text(out / "runs.csv", runs_csv(sections), readable=True)
-    write_text(out / "report.md", text, readable=True)
+    write_text(out / "summary.csv", summary_csv(sections))
+    write_text(out / "per_task.csv", per_task_csv(sections))
+    write_text(out / "runs.csv", runs_csv(sections))
+    write_text(out / "report.md", text)
     return text
 
 

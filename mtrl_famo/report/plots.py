@@ -146,7 +146,7 @@ def save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     try:
-        atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"), readable=True)
+        atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     finally:
         plt.close(fig)
 

@@ -1,0 +1,65 @@
+"""Hard knocks, second round (issue 26): what a new user, fault injection and a reference check found.
+
+Every test runs the real CLI on real Meta-World envs at tiny scale (``conftest.TINY``)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, assert_usage_error, run_cli
+
+MT1 = ["benchmark=mt1", "benchmark.env_name=reach-v3"]
+TINY_MT1 = [*TINY, *MT1, "train.total_steps=300"]
+
+
+def run_cli_with_umask(umask: int, *args: str) -> subprocess.CompletedProcess:
+    def set_umask():
+        os.umask(umask)
+
+    return subprocess.run([sys.executable, "-m", "mtrl_famo.cli", *args], capture_output=True, text=True,
+                          timeout=600, preexec_fn=set_umask)
+
+
+def _compact(path: Path) -> None:
+    """The checkpoint's replay rows are stored alone, not with the whole preallocated buffer."""
+    state = torch.load(path, weights_only=False)
+    rows = state["buffer"]["storage"]
+    assert rows.shape[1] == state["buffer"]["size"] < state["buffer"]["capacity"]
+    assert rows.untyped_storage().nbytes() == rows.numel() * 4
+    capacity_bytes = rows.shape[0] * state["buffer"]["capacity"] * rows.shape[2] * 4
+    assert path.stat().st_size < capacity_bytes / 4  # 20000-row capacity: 6.7 MB, the rows 0.1 MB
+
+
+@pytest.fixture(scope="module")
+def mt1_run(tmp_path_factory) -> Path:
+    """A finished tiny MT1 run, written under umask 027."""
+    run_dir = tmp_path_factory.mktemp("mt1") / "run"
+    proc = run_cli_with_umask(0o027, "train", *TINY_MT1, f"run_dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
+
+
+def test_a_single_task_checkpoint_holds_only_its_filled_rows(mt1_run):
+    _compact(mt1_run / "checkpoint.pt")
+
+
+def test_a_populations_member_checkpoints_hold_only_their_filled_rows_and_follow_the_umask(tmp_path):
+    run_dir = tmp_path / "pop"
+    proc = run_cli_with_umask(0o022, "train", *TINY_MT1, "seeds=[0,1]", f"run_dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr
+    for member in ("s0", "s1"):
+        _compact(run_dir / member / "checkpoint.pt")
+        assert stat.S_IMODE((run_dir / member / "checkpoint.pt").stat().st_mode) == 0o644
+
+
+def test_every_file_of_a_run_has_the_mode_the_users_umask_gives(mt1_run):
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in mt1_run.iterdir() if p.is_file()}
+    assert {"checkpoint.pt", "config.yaml", "evals.jsonl", "results.json"} <= set(modes)
+    assert set(modes.values()) == {0o640}, modes  # 0666 & ~027, as open(path, "w") would give
