@@ -121,7 +121,36 @@ def compose_config(overrides: Sequence[str], check: bool = True) -> Config:
         obj = OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_explain(exc, overrides)) from None
+    except ValueError as exc:  # OmegaConf's own, e.g. a list index that is not a number: agent.hidden_sizes.x=1
+        raise ConfigError(f"bad override among {' '.join(overrides)}: {str(exc).splitlines()[0]}") from None
+    check_added_keys(overrides, obj)
     return validate_run(obj) if check else obj
+
+
+def check_added_keys(overrides: Sequence[str], cfg: Config) -> None:
+    """Refuse ``+key=value`` and ``++key=value`` for a key the schema does not have.
+
+    Hydra's ``+`` adds a key and ``++`` adds or sets one, past the schema's check of
+    unknown keys, so ``+agent.actor_lrr=0.1`` would be accepted and do nothing. Config
+    groups (``+experiment=NAME``, ``hydra/launcher=...``) and ``hydra.*`` are Hydra's to check.
+
+    :raises ConfigError: naming the key and the keys allowed where it was put.
+    """
+    for o in overrides:
+        if not o.startswith("+"):
+            continue
+        key = override_key(o)
+        if "/" in key or key in GROUPS or key.split(".")[0] == "hydra":
+            continue
+        node, parts = cfg, key.split(".")
+        for depth, part in enumerate(parts):
+            names = [f.name for f in fields(node)] if is_dataclass(node) else []
+            if part not in names:
+                parent = ".".join(parts[:depth])
+                where = f" under {parent!r}" if parent else ""
+                allowed = ", ".join(names) if names else f"none ({parent} is a value, not a group of keys)"
+                raise ConfigError(f"unknown config key {key!r} (in {o!r}); allowed keys{where}: {allowed}")
+            node = getattr(node, part)
 
 
 def config_help() -> list[str]:

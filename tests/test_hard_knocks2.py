@@ -63,3 +63,27 @@ def test_every_file_of_a_run_has_the_mode_the_users_umask_gives(mt1_run):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in mt1_run.iterdir() if p.is_file()}
     assert {"checkpoint.pt", "config.yaml", "evals.jsonl", "results.json"} <= set(modes)
     assert set(modes.values()) == {0o640}, modes  # 0666 & ~027, as open(path, "w") would give
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("+agent.actor_lrr=0.1", "unknown config key 'agent.actor_lrr' (in '+agent.actor_lrr=0.1'); allowed keys under "
+                             "'agent': hidden_sizes, actor_lr"),
+    ("++agent.actor_lrr=0.1", "unknown config key 'agent.actor_lrr' (in '++agent.actor_lrr=0.1')"),
+    ("+foo=1", "unknown config key 'foo' (in '+foo=1'); allowed keys: benchmark, aggregator, agent, train"),
+    ("++aggregator.c=0.5", "unknown config key 'aggregator.c' (in '++aggregator.c=0.5'); allowed keys under "
+                           "'aggregator': name, apply_to"),
+])
+def test_unknown_keys_are_refused_whatever_the_plus_prefix(tmp_path, override, expected):
+    run_dir = tmp_path / "never"
+    assert_usage_error(run_cli("train", *TINY_MT1, override, f"run_dir={run_dir}"), expected)
+    assert not run_dir.exists()
+
+
+def test_a_sweep_refuses_unknown_plus_keys_before_its_first_job_and_plus_plus_still_sets_known_ones(tmp_path):
+    from mtrl_famo.runconfig import compose_config
+
+    assert compose_config(["++agent.actor_lr=0.1", *TINY_MT1]).agent.actor_lr == 0.1
+    sweep = tmp_path / "sweep"
+    assert_usage_error(run_cli("train", "--multirun", f"hydra.sweep.dir={sweep}", *TINY_MT1, "seed=0,1",
+                               "+agent.actor_lrr=0.1"), "unknown config key 'agent.actor_lrr'")
+    assert not sweep.exists()
