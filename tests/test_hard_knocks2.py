@@ -87,3 +87,17 @@ def test_a_sweep_refuses_unknown_plus_keys_before_its_first_job_and_plus_plus_st
     assert_usage_error(run_cli("train", "--multirun", f"hydra.sweep.dir={sweep}", *TINY_MT1, "seed=0,1",
                                "+agent.actor_lrr=0.1"), "unknown config key 'agent.actor_lrr'")
     assert not sweep.exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train.updates_per_step=0"], "train.updates_per_step=0 must be an integer >= 1"),
+    (["train.updates_per_step=5000"], "train.updates_per_step=5000 is too many; allowed: 1 to 1000"),
+    (["train.total_steps=99999999999999999999999"],
+     "train.total_steps=99999999999999999999999 is too long a run; allowed: at most 10,000,000,000"),
+    (["train.total_steps=null", "train.steps_per_task=999999999999"],
+     "train.steps_per_task=999999999999 x 1 tasks = 999999999999 steps is too long a run"),
+])
+def test_bad_train_input_is_one_line_and_writes_nothing(tmp_path, args, expected):
+    run_dir = tmp_path / "never"
+    assert_usage_error(run_cli("train", *TINY_MT1, *args, f"run_dir={run_dir}"), expected)
+    assert not run_dir.exists()
