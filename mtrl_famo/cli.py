@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command in ("train", "eval") and ("-h" in overrides or "--help" in overrides):
         print(_help_text())
         return 0
-    if command in ("train", "eval") and not any(flag in overrides for flag in runconfig.MULTIRUN_FLAGS):
+    if command in ("train", "eval"):
         from mtrl_famo.video.gl import guard_user_backend
 
         guard_user_backend()  # a broken MUJOCO_GL must not crash a command that renders nothing

@@ -259,15 +259,15 @@ def train_config(overrides: Sequence[str], composed: Config | None = None) -> tu
     return cfg, False
 
 
-def check_run_dir(run_dir: Path) -> None:
-    """:raises ConfigError: ``run_dir`` is a file, or lies under one, or cannot be written."""
+def check_run_dir(run_dir: Path, key: str = "run_dir") -> None:
+    """:raises ConfigError: ``run_dir`` (the value of ``key``) is a file, or lies under one, or cannot be written."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run_dir={str(run_dir)!r} is a file; choose a folder")
+        raise ConfigError(f"{key}={str(run_dir)!r} is a file; choose a folder")
     existing = next(p for p in [run_dir, *run_dir.absolute().parents] if p.exists())
     if not existing.is_dir():
-        raise ConfigError(f"run_dir={str(run_dir)!r} lies under {str(existing)!r}, which is a file; choose a folder")
+        raise ConfigError(f"{key}={str(run_dir)!r} lies under {str(existing)!r}, which is a file; choose a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"run_dir={str(run_dir)!r} cannot be written: no write permission in {str(existing)!r}")
+        raise ConfigError(f"{key}={str(run_dir)!r} cannot be written: no write permission in {str(existing)!r}")
 
 
 def check_machine(cfg: Config) -> None:

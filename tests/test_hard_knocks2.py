@@ -5,9 +5,11 @@ Every test runs the real CLI on real Meta-World envs at tiny scale (``conftest.T
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,55 @@ def test_bad_train_input_is_one_line_and_writes_nothing(tmp_path, args, expected
     run_dir = tmp_path / "never"
     assert_usage_error(run_cli("train", *TINY_MT1, *args, f"run_dir={run_dir}"), expected)
     assert not run_dir.exists()
+
+
+SUBDIR = "hydra.sweep.subdir=seed_${seed}"  # the TINY overrides make too long a folder name
+
+
+def _sweep_job(sweep_dir: Path, seed: int) -> Path:
+    return sweep_dir / f"seed_{seed}"
+
+
+def test_a_sweep_worker_takes_the_single_runs_threads_and_a_broken_mujoco_gl_does_not_stop_it(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    env = dict(os.environ, MUJOCO_GL="garbage")
+    proc = subprocess.run([sys.executable, "-m", "mtrl_famo.cli", "train", "--multirun", f"hydra.sweep.dir={sweep_dir}",
+                           *TINY_MT1, "seed=0,1", SUBDIR], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for seed in (0, 1):
+        assert (_sweep_job(sweep_dir, seed) / "results.json").is_file()
+    # Up to 4 cores a run takes 1 torch thread (runtime.configure_threads); one basic-launcher job at a
+    # time has all the cores: 1 thread here too (it had cpu_count / n_jobs).
+    if (os.cpu_count() or 1) <= 4:
+        assert proc.stdout.count("device=cpu, 1 thread;") == 2, proc.stdout
+
+
+def test_a_sweep_dir_that_is_a_file_is_one_line(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert_usage_error(run_cli("train", "--multirun", f"hydra.sweep.dir={afile}", *TINY_MT1, "seed=0,1"),
+                       f"hydra.sweep.dir='{afile}' is a file; choose a folder")
+    assert afile.read_text() == "x"
+
+
+def test_one_ctrl_c_stops_the_whole_sweep_after_the_jobs_checkpoint(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "mtrl_famo.cli", "train", "--multirun",
+                             f"hydra.sweep.dir={sweep_dir}", *TINY, *MT1, "train.total_steps=2000000",
+                             "train.checkpoint_every=500", "eval.every=1000000", "seed=0,1", SUBDIR],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = _sweep_job(sweep_dir, 0)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (first / "checkpoint.pt").exists():
+        time.sleep(0.2)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert f"SIGINT stopped the sweep in {first} after its checkpoint; no further job was started" in last
+    assert "Resume the sweep with the same command" in last
+    assert torch.load(first / "checkpoint.pt", weights_only=False)["step"] > 500  # saved at the stop
+    assert not _sweep_job(sweep_dir, 1).exists()
