@@ -287,6 +287,9 @@ def check_machine(cfg: Config) -> None:
         if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
             raise ConfigError(f"device={cfg.device!r}; allowed: cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     check_aggregator(cfg)
+    from mtrl_famo.memory import check_memory
+
+    check_memory(cfg)
     cores = os.cpu_count() or 1
     if cfg.train.torch_threads > cores:
         raise ConfigError(f"train.torch_threads={cfg.train.torch_threads} is more than the {cores} CPU cores here; "

@@ -21,6 +21,16 @@ MT1 = ["benchmark=mt1", "benchmark.env_name=reach-v3"]
 TINY_MT1 = [*TINY, *MT1, "train.total_steps=300"]
 
 
+def cli_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``mtrl-famo ARGS`` in this process (for refusals: no second import of torch and Meta-World)."""
+    from mtrl_famo.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["mtrl-famo", *args], code, out, err)
+
+
 def run_cli_with_umask(umask: int, *args: str) -> subprocess.CompletedProcess:
     def set_umask():
         os.umask(umask)
@@ -75,9 +85,9 @@ def test_every_file_of_a_run_has_the_mode_the_users_umask_gives(mt1_run):
     ("++aggregator.c=0.5", "unknown config key 'aggregator.c' (in '++aggregator.c=0.5'); allowed keys under "
                            "'aggregator': name, apply_to"),
 ])
-def test_unknown_keys_are_refused_whatever_the_plus_prefix(tmp_path, override, expected):
+def test_unknown_keys_are_refused_whatever_the_plus_prefix(tmp_path, capsys, override, expected):
     run_dir = tmp_path / "never"
-    assert_usage_error(run_cli("train", *TINY_MT1, override, f"run_dir={run_dir}"), expected)
+    assert_usage_error(cli_here(capsys, "train", *TINY_MT1, override, f"run_dir={run_dir}"), expected)
     assert not run_dir.exists()
 
 
@@ -98,10 +108,15 @@ def test_a_sweep_refuses_unknown_plus_keys_before_its_first_job_and_plus_plus_st
      "train.total_steps=99999999999999999999999 is too long a run; allowed: at most 10,000,000,000"),
     (["train.total_steps=null", "train.steps_per_task=999999999999"],
      "train.steps_per_task=999999999999 x 1 tasks = 999999999999 steps is too long a run"),
+    # More memory than any machine here has: refused from an estimate, before anything is allocated.
+    (["agent.hidden_sizes=[100000,100000]"], "agent.hidden_sizes=[100000, 100000] with train.buffer_size=20000 "
+                                             "needs about 560.3 GB (networks with gradients and Adam 560.3 GB"),
+    (["train.buffer_size=100000000000"], "train.buffer_size=100000000000 needs about 34,400.0 GB"),
+    (["agent.hidden_sizes=[20000,20000]", "seeds=[0,1,2,3,4,5,6,7]"], "x 8 members), more than the"),
 ])
-def test_bad_train_input_is_one_line_and_writes_nothing(tmp_path, args, expected):
+def test_bad_train_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, expected):
     run_dir = tmp_path / "never"
-    assert_usage_error(run_cli("train", *TINY_MT1, *args, f"run_dir={run_dir}"), expected)
+    assert_usage_error(cli_here(capsys, "train", *TINY_MT1, *args, f"run_dir={run_dir}"), expected)
     assert not run_dir.exists()
 
 
