@@ -17,11 +17,13 @@ from typing import Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mtrl_famo.config import Config, ConfigError, register_schemas, validate
 from mtrl_famo.run_files import CHECKPOINT_FILE, CONFIG_FILE, LOCK_FILE, RESULTS_FILE
+from mtrl_famo.run_records import RunFileError, read_json
 
 GROUPS = ("benchmark", "aggregator", "agent", "protocol", "experiment")
 # What may change when a run is resumed; everything else must match the saved run.
@@ -204,7 +206,19 @@ def load_saved_config(run_dir: Path) -> Config:
     """The config a run was started with (its ``config.yaml``), type-checked again."""
     from mtrl_famo.config import AGGREGATOR_SCHEMAS
 
-    saved = OmegaConf.load(run_dir / CONFIG_FILE)
+    path = run_dir / CONFIG_FILE
+    try:
+        saved = OmegaConf.load(path)
+    except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{at} ({problem}): the run's config is "
+                          f"damaged; restore it (the same config is in the checkpoint and in tb/ as "
+                          f"'hyperparameters')") from None
+    if not isinstance(saved, DictConfig) or not isinstance(saved.get("aggregator"), DictConfig):
+        raise ConfigError(f"{path} is not a mtrl-famo run config (no 'aggregator' section): the run's config "
+                          f"is damaged")
     aggregator = saved.pop("aggregator")
     name = aggregator.get("name")
     if name not in AGGREGATOR_SCHEMAS:
@@ -324,7 +338,11 @@ def finished_results(cfg: Config) -> dict | None:
     path = Path(cfg.run_dir) / RESULTS_FILE
     if not path.is_file():
         return None
-    results = json.loads(path.read_text())
+    try:
+        results = read_json(path)
+    except RunFileError as exc:
+        raise ConfigError(f"{exc}; delete it and run again: the run resumes from its checkpoint and writes it "
+                          f"anew") from None
     total = cfg.train.total_for(len(results.get("tasks", []))) or None
     if results.get("finished") and total is not None and results.get("step", 0) >= total:
         return results

@@ -25,6 +25,7 @@ from mtrl_famo.envs import benchmark_task_names, make_envs, step_async, step_wai
 from mtrl_famo.evaluate import EvalResult, evaluate
 from mtrl_famo.nonfinite import NonFiniteWatch
 from mtrl_famo.run_files import CONFIG_FILE, EVALS_FILE, RESULTS_FILE
+from mtrl_famo.run_records import RunFileError, read_jsonl
 from mtrl_famo.runtime import configure_threads, resolve_device, seed_everything
 from mtrl_famo.sac import MTSAC
 from mtrl_famo.video import VIDEOS_DIR
@@ -267,7 +268,11 @@ class Trainer:
         self.load_state_dict(state if state is not None else load_resume_state(self.cfg))
         evals_file = self.run_dir / EVALS_FILE
         if evals_file.exists():
-            kept = [json.loads(line) for line in evals_file.read_text().splitlines() if line.strip()]
+            try:
+                kept = read_jsonl(evals_file)
+            except RunFileError as exc:
+                raise RunFileError(f"{exc}; fix or delete that line to resume (the evaluations after the "
+                                   f"checkpoint are redone)") from None
             self.evals = [EvalResult(e["step"], e["episodes"], e["success_rate"], e["episodic_return"])
                           for e in kept if e["step"] <= self.step]
             self._write_evals()

@@ -170,3 +170,26 @@ def test_one_ctrl_c_stops_the_whole_sweep_after_the_jobs_checkpoint(tmp_path):
     assert "Resume the sweep with the same command" in last
     assert torch.load(first / "checkpoint.pt", weights_only=False)["step"] > 500  # saved at the stop
     assert not _sweep_job(sweep_dir, 1).exists()
+
+
+@pytest.mark.parametrize("command, damage, expected", [
+    ("train", {"config.yaml": "benchmark: [unclosed\n  x: {"},
+     "config.yaml is not valid YAML at line 2 (expected ',' or ']', but got ':'): the run's config is damaged"),
+    ("eval", {"config.yaml": "benchmark: [unclosed\n  x: {"}, "config.yaml is not valid YAML at line 2"),
+    ("train", {"config.yaml": "- 1\n"}, "config.yaml is not a mtrl-famo run config (no 'aggregator' section)"),
+    ("train", {"results.json": '{"step": 3'},
+     "results.json is not valid JSON (Expecting ',' delimiter: line 1 column 11 (char 10)): the file is damaged; "
+     "delete it and run again"),
+    ("train", {"results.json": None, "evals.jsonl": '{"step": 3'},
+     "evals.jsonl line 1 is not valid JSON (Expecting ',' delimiter: line 1 column 11 (char 10)): the file is "
+     "damaged; fix or delete that line to resume"),
+])
+def test_a_damaged_run_file_is_one_line_naming_it(mt1_run, tmp_path, capsys, command, damage, expected):
+    import shutil
+
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(mt1_run, run_dir)
+    for name, text in damage.items():
+        (run_dir / name).unlink() if text is None else (run_dir / name).write_text(text)
+    args = [f"run_dir={run_dir}"] + (["eval.episodes=1"] if command == "eval" else [])
+    assert_usage_error(cli_here(capsys, command, *args), f"{run_dir}/{expected}")
