@@ -16,8 +16,18 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` ``state`` to ``path`` atomically."""
-    atomic_write(path, lambda f: torch.save(state, f))
+    """``torch.save`` ``state`` to ``path`` atomically.
+
+    :raises OSError: the file could not be written (a full disk); ``torch.save`` reports a failed
+        write as a ``RuntimeError`` ("unexpected pos") chained from it: this raises the OSError.
+    """
+    try:
+        atomic_write(path, lambda f: torch.save(state, f))
+    except RuntimeError as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, OSError):
+            raise cause from None
+        raise
 
 
 def checkpoint_path(run_dir: Path) -> Path:

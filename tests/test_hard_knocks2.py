@@ -193,3 +193,36 @@ def test_a_damaged_run_file_is_one_line_naming_it(mt1_run, tmp_path, capsys, com
         (run_dir / name).unlink() if text is None else (run_dir / name).write_text(text)
     args = [f"run_dir={run_dir}"] + (["eval.episodes=1"] if command == "eval" else [])
     assert_usage_error(cli_here(capsys, command, *args), f"{run_dir}/{expected}")
+
+
+def _mount_tmpfs(where: Path, size: int) -> bool:
+    where.mkdir()
+    if os.geteuid() != 0:
+        return False
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+    return proc.returncode == 0
+
+
+def test_a_real_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
+    """On a small tmpfs the first checkpoint fits and the second does not: while it is written the first
+    still takes its space (the write goes to a temporary file renamed over it)."""
+    args = [*TINY, *MT1, "agent.hidden_sizes=[256,256]", "train.warmup_steps=100", "train.checkpoint_every=200",
+            "eval.every=100000"]
+    probe = tmp_path / "probe"
+    assert run_cli("train", *args, "train.total_steps=200", f"run_dir={probe}").returncode == 0
+    size = (probe / "checkpoint.pt").stat().st_size  # the checkpoint at step 200 (about 1 MB)
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, int(size * 1.5)):
+        pytest.skip("needs root and mount (a real small tmpfs; RLIMIT_FSIZE is no full disk)")
+    try:
+        run_dir = disk / "run"
+        proc = run_cli("train", *args, "train.total_steps=600", f"run_dir={run_dir}")
+        assert proc.returncode == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last == (f"mtrl-famo train: error: [Errno 28] cannot write the checkpoint {run_dir}/checkpoint.pt "
+                        f"at step 400 (No space left on device); the last checkpoint is intact")
+        assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 200
+        assert not list(run_dir.glob(".*.tmp"))
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
