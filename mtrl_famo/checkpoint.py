@@ -50,3 +50,11 @@ def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
     if not isinstance(state, dict) or "agent" not in state or "step" not in state:
         raise CheckpointError(f"{path} is not a mtrl-famo checkpoint (missing 'agent'/'step')")
     return state
+
+
+def load_error_line(exc: Exception) -> str:
+    """The telling line of a ``load_state_dict`` error: the first size mismatch or missing key, not
+    torch's "Error(s) in loading state_dict for Actor:" heading."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    telling = [ln for ln in lines if ln.startswith(("size mismatch", "Missing key", "Unexpected key"))]
+    return (telling or lines or [type(exc).__name__])[0]

@@ -44,6 +44,9 @@ MAX_TOTAL_STEPS = 10**10
 #: Most gradient updates per vector-env step: far past any published update-to-data ratio (REDQ, Chen et al.
 #: 2021: 20); more makes a run that never ends.
 MAX_UPDATES_PER_STEP = 1000
+#: Largest video frame side in pixels: a 4K frame (3840 x 2160) fits; MuJoCo's off-screen buffer grows to the
+#: frame and EGL/OSMesa fail past the driver's renderbuffer limit (width=100000 gave an 85-line EGL traceback).
+MAX_FRAME_SIDE = 4096
 MAX_SEED = 2**31 - 1  # environments are reset with seed + step; NumPy and torch take it as an unsigned int
 
 
@@ -274,7 +277,8 @@ class VideoConfig:
     every: Optional[int] = doc(None, "steps between policy videos in run_dir/videos during training; null = off")
     tasks: Optional[List[str]] = doc(None, "tasks to film, e.g. [reach-v3,push-v3]; null = every task")
     episodes: int = doc(1, "episodes per task in each video")
-    camera: str = doc("corner", "Meta-World camera: corner, corner2, corner3, corner4, topview, behindGripper")
+    camera: str = doc("corner", "Meta-World camera: corner, corner2, corner3, corner4, topview, behindGripper, "
+                                "gripperPOV")
     width: int = doc(480, "video frame width in pixels")
     height: int = doc(480, "video frame height in pixels")
 
@@ -452,6 +456,9 @@ def validate(cfg: Config) -> Config:
 
     for key in ("every", "episodes", "width", "height"):
         _check_steps(getattr(cfg.video, key), f"video.{key}")
+    for key in ("width", "height"):
+        _require(getattr(cfg.video, key) <= MAX_FRAME_SIDE,
+                 f"video.{key}={getattr(cfg.video, key)} is too large a frame; allowed: 1 to {MAX_FRAME_SIDE} pixels")
 
     _check_steps(cfg.seed, "seed", allow_zero=True)
     _require(cfg.seed <= MAX_SEED, f"seed={cfg.seed} must be an integer in [0, {MAX_SEED}]")

@@ -253,17 +253,14 @@ def train_config(overrides: Sequence[str], composed: Config | None = None) -> tu
             raise ConfigError(f"run_dir={str(run_dir)!r} has a checkpoint but no {CONFIG_FILE}; cannot resume it")
         saved = load_saved_config(run_dir)
         saved_node, new_node = OmegaConf.structured(saved), OmegaConf.structured(cfg)
+        fixed = []
         for o in overrides:
             key = override_key(o)
             if key.split(".")[0] in RESUMABLE_PREFIXES and key not in NOT_RESUMABLE:
                 OmegaConf.update(saved_node, key, OmegaConf.select(new_node, key), merge=False)
-            elif OmegaConf.select(saved_node, key) != OmegaConf.select(new_node, key):
-                raise ConfigError(
-                    f"run_dir={str(run_dir)!r} holds a run with {key}={OmegaConf.select(saved_node, key)}; "
-                    f"cannot resume it with {o!r} (only train.* but train.buffer_size, eval.*, video.* and device "
-                    f"may change; "
-                    f"pick another run_dir for a new run)"
-                )
+            else:
+                fixed.append(o)
+        _refuse_changes(run_dir, fixed, saved_node, new_node)
         resumed = OmegaConf.to_object(saved_node)
         resumed.run_dir = str(run_dir)
         return validate_run(resumed), True
@@ -271,6 +268,42 @@ def train_config(overrides: Sequence[str], composed: Config | None = None) -> tu
     if _holds_foreign_files(run_dir) and not (run_dir / CONFIG_FILE).exists():
         raise ConfigError(f"run_dir={str(run_dir)!r} exists and is not a mtrl-famo run; choose an empty or new folder")
     return cfg, False
+
+
+def _leaves(node, prefix: str) -> dict:
+    """``{"benchmark.max_episode_steps": 500, ...}`` under ``prefix`` of a config node."""
+    value = OmegaConf.select(node, prefix) if prefix else node
+    if not isinstance(value, DictConfig):
+        return {prefix: OmegaConf.to_container(value) if OmegaConf.is_config(value) else value}
+    out = {}
+    for k in value:
+        out.update(_leaves(node, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _refuse_changes(run_dir: Path, overrides: Sequence[str], saved_node, new_node) -> None:
+    """:raises ConfigError: an override changes a setting the saved run has, naming the most specific
+    override that changes it (``benchmark.max_episode_steps=40``, not the ``benchmark=mt1`` beside it)."""
+    changes = []
+    for o in overrides:
+        key = override_key(o)
+        old, new = _leaves(saved_node, key), _leaves(new_node, key)
+        for leaf in sorted(set(old) | set(new)):
+            if old.get(leaf) != new.get(leaf):
+                changes.append((len(key), leaf.endswith(".name"), leaf, o))
+    if not changes:
+        return
+    _, _, leaf, o = max(changes, key=lambda c: c[:2])
+    sets = "" if override_key(o) == leaf else f" (which sets {leaf}={_show(OmegaConf.select(new_node, leaf))})"
+    raise ConfigError(
+        f"run_dir={str(run_dir)!r} holds a run with {leaf}={_show(OmegaConf.select(saved_node, leaf))}; cannot "
+        f"resume it with {o!r}{sets} (only train.* but train.buffer_size, eval.*, video.* and device may change; "
+        f"pick another run_dir for a new run)")
+
+
+def _show(value) -> str:
+    value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return "null" if value is None else str(value)
 
 
 def check_run_dir(run_dir: Path, key: str = "run_dir") -> None:
@@ -371,9 +404,10 @@ def eval_config(overrides: Sequence[str]) -> Config:
     node = OmegaConf.structured(saved)
     if "eval.episodes" not in values:
         values["eval.episodes"] = str(saved.eval.final_episodes)
-    try:
-        node = OmegaConf.merge(node, OmegaConf.from_dotlist([f"{k}={v}" for k, v in values.items()]))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from None
+    for key, value in values.items():  # one at a time, so an error names its key
+        try:
+            node = OmegaConf.merge(node, OmegaConf.from_dotlist([f"{key}={value}"]))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"bad value in '{key}={value}': {str(exc).splitlines()[0]}") from None
     cfg = OmegaConf.to_object(node)
     return validate_run(cfg)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from mtrl_famo.buffer import ReplayBuffer
 from mtrl_famo.atomic import write_json, write_text
-from mtrl_famo.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
+from mtrl_famo.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, load_error_line, save_checkpoint
 from mtrl_famo.config import Config
 from mtrl_famo.envs import benchmark_task_names, make_envs, step_async, step_wait, task_names, true_next_obs
 from mtrl_famo.evaluate import EvalResult, evaluate
@@ -265,7 +265,11 @@ class Trainer:
 
         :param state: the checkpoint, when the caller has already loaded (and checked) it.
         """
-        self.load_state_dict(state if state is not None else load_resume_state(self.cfg))
+        try:
+            self.load_state_dict(state if state is not None else load_resume_state(self.cfg))
+        except (RuntimeError, KeyError) as exc:  # torch's size mismatch: the networks of another config
+            raise CheckpointError(f"checkpoint of {str(self.run_dir)!r} does not fit its config.yaml (agent."
+                                  f"hidden_sizes={list(self.cfg.agent.hidden_sizes)}): {load_error_line(exc)}") from None
         evals_file = self.run_dir / EVALS_FILE
         if evals_file.exists():
             try:

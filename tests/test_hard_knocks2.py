@@ -226,3 +226,76 @@ def test_a_real_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_che
         assert not list(run_dir.glob(".*.tmp"))
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_train_help_lists_the_sweep_keys_and_every_camera_of_the_scene(capsys):
+    import gymnasium as gym
+    import metaworld  # noqa: F401  (registers the Meta-World envs)
+    import mujoco
+
+    proc = cli_here(capsys, "train", "--help")
+    assert proc.returncode == 0
+    for text in ("hydra/launcher={local,slurm}", "hydra.sweep.dir=sweeps/", "hydra.sweep.subdir=",
+                 "hydra.launcher.n_jobs=2", "hydra.launcher.timeout_min=720"):
+        assert text in proc.stdout
+    env = gym.make("Meta-World/MT1", env_name="reach-v3")
+    model = env.unwrapped.model
+    cameras = {mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)}
+    env.close()
+    camera_line = next(line for line in proc.stdout.splitlines() if line.lstrip().startswith("video.camera="))
+    listed = {c.strip() for c in camera_line.split("Meta-World camera:")[1].split(",")}
+    assert listed == cameras, camera_line  # gripperPOV was missing
+    video = cli_here(capsys, "video", "--help").stdout
+    video_line = next(line for line in video.splitlines() if line.lstrip().startswith("camera"))
+    assert {c.strip().replace(" (default)", "") for c in video_line.split("camera:")[1].split(",")} == cameras
+
+
+def test_eval_help_lists_evals_keys_only_and_a_bad_episode_count_names_its_key(mt1_run, capsys):
+    proc = cli_here(capsys, "eval", "--help")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("usage: mtrl-famo eval run_dir=DIR")
+    keys = [line.split("=")[0].strip() for line in proc.stdout.splitlines() if line.startswith("  ")]
+    assert keys == ["run_dir", "eval.episodes", "device"]  # not train's keys
+    assert_usage_error(cli_here(capsys, "eval", f"run_dir={mt1_run}", "eval.episodes=abc"),
+                       "bad value in 'eval.episodes=abc': Value 'abc' of type 'str' could not be converted to Integer")
+
+
+def test_video_checks_its_output_folder_and_frame_size_before_rendering(mt1_run, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    proc = cli_here(capsys, "video", f"run_dir={mt1_run}", f"out={afile}")
+    assert_usage_error(proc, f"out='{afile}' is a file; choose a folder")
+    assert "rendering" not in proc.stdout and afile.read_text() == "x"
+    for key in ("width", "height"):
+        assert_usage_error(cli_here(capsys, "video", f"run_dir={mt1_run}", f"{key}=100000"),
+                           f"{key}=100000 is too large a frame; allowed: 1 to 4096 pixels")
+        assert_usage_error(cli_here(capsys, "train", *TINY_MT1, f"video.{key}=100000", "video.every=100",
+                                    f"run_dir={tmp_path / 'never'}"),
+                           f"video.{key}=100000 is too large a frame; allowed: 1 to 4096 pixels")
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["benchmark=mt1", "benchmark.env_name=reach-v3", "benchmark.max_episode_steps=40"],
+     "holds a run with benchmark.max_episode_steps=50; cannot resume it with 'benchmark.max_episode_steps=40' (only"),
+    (["benchmark=mt1"], "holds a run with benchmark.env_name=reach-v3; cannot resume it with 'benchmark=mt1' "
+                        "(which sets benchmark.env_name=null)"),
+    (["aggregator=famo"], "holds a run with aggregator.name=mean; cannot resume it with 'aggregator=famo' "
+                          "(which sets aggregator.name=famo)"),
+])
+def test_the_resume_refusal_names_the_override_that_changes_the_run(mt1_run, capsys, args, expected):
+    assert_usage_error(cli_here(capsys, "train", f"run_dir={mt1_run}", *args), expected)
+
+
+def test_a_resume_whose_checkpoint_has_other_network_widths_is_one_line(mt1_run, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "widths"
+    shutil.copytree(mt1_run, run_dir)
+    (run_dir / "results.json").unlink()
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("  - 32\n", "  - 64\n"))
+    expected = (f"checkpoint of '{run_dir}' does not fit its config.yaml (agent.hidden_sizes=[64, 64]): size "
+                f"mismatch for net.0.weight: copying a param with shape torch.Size([32, 40]) from checkpoint")
+    assert_usage_error(cli_here(capsys, "train", f"run_dir={run_dir}"), expected)
+    assert_usage_error(cli_here(capsys, "eval", f"run_dir={run_dir}", "eval.episodes=1"), expected)
