@@ -299,3 +299,88 @@ def test_a_resume_whose_checkpoint_has_other_network_widths_is_one_line(mt1_run,
                 f"mismatch for net.0.weight: copying a param with shape torch.Size([32, 40]) from checkpoint")
     assert_usage_error(cli_here(capsys, "train", f"run_dir={run_dir}"), expected)
     assert_usage_error(cli_here(capsys, "eval", f"run_dir={run_dir}", "eval.episodes=1"), expected)
+
+
+def _copies(run: Path, root: Path, n: int) -> list[Path]:
+    """``n`` copies of a real run, group ``i`` with ``agent.actor_lr`` = its own value (group ``n - 1``:
+    ``agent.target_entropy=null`` versus -2.0 elsewhere)."""
+    import shutil
+
+    dirs = []
+    for i in range(n):
+        d = root / f"g{i}"
+        shutil.copytree(run, d)
+        text = (d / "config.yaml").read_text()
+        assert "actor_lr: 0.0003" in text and "target_entropy: null" in text
+        text = text.replace("actor_lr: 0.0003", f"actor_lr: {round((i + 1) * 1e-4, 6)}")
+        if i < n - 1:
+            text = text.replace("target_entropy: null", "target_entropy: -2.0")
+        (d / "config.yaml").write_text(text)
+        dirs.append(d)
+    return dirs
+
+
+@pytest.mark.parametrize("n", [2, 5, 10])
+def test_report_groups_get_short_labels_keyed_in_report_md_and_the_plots_keep_their_axes(tiny_mt10_run, tmp_path, n):
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mtrl_famo.report.command import build_report, write_report
+    from mtrl_famo.report.plots import plot_heatmap, plot_learning_curves, plot_per_task_curves
+
+    _copies(tiny_mt10_run, tmp_path / "runs", n)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        text = write_report([tmp_path / "runs"], tmp_path / "out")
+        (groups,) = build_report([tmp_path / "runs"])[0].values()
+        figures = [plot_learning_curves("mt10", groups), plot_heatmap("mt10", groups),
+                   plot_per_task_curves("mt10", groups)]
+        for fig in figures:
+            fig.canvas.draw()
+    assert not [w for w in caught if "layout" in str(w.message)], [str(w.message) for w in caught]
+    labels = [g.short for g in groups]
+    assert labels == [f"mean {chr(ord('A') + i)}" for i in range(n)]
+    last = groups[-1]
+    assert last.settings == f"agent.actor_lr={round(n * 1e-4, 6)}, agent.target_entropy=null"  # null, not None
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
+    assert [last.short, last.settings, "default"] in [r[:3] for r in rows]  # the key from label to settings
+    for fig in figures:
+        width = fig.get_size_inches()[0] * fig.dpi
+        renderer = fig.canvas.get_renderer()
+        for ax in (a for a in fig.axes if a.get_visible() and a.get_label() != "<colorbar>"):
+            box = ax.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.x1 <= width + 1  # inside the figure
+        texts = [t for t in [fig._suptitle, *[a.title for a in fig.axes]] if t is not None and t.get_text()]
+        legends = [*fig.legends, *[a.get_legend() for a in fig.axes if a.get_legend() is not None]]
+        for title in texts:
+            for legend in legends:  # no legend over a title
+                assert not title.get_window_extent(renderer).overlaps(legend.get_window_extent(renderer))
+    curves_ax = figures[0].axes[0]
+    assert curves_ax.get_window_extent().width > 0.5 * figures[0].get_size_inches()[0] * figures[0].dpi
+    heat_ax = figures[1].axes[0]
+    ticks = [t.get_window_extent(figures[1].canvas.get_renderer()) for t in heat_ax.get_xticklabels()]
+    assert all(not a.overlaps(b) for a, b in zip(ticks, ticks[1:]))  # column labels apart
+    title = heat_ax.title.get_window_extent(figures[1].canvas.get_renderer())
+    assert all(not title.overlaps(t) for t in ticks)
+
+
+def test_a_run_with_a_truncated_log_is_left_out_with_one_warning_and_named(tiny_mt10_run, tmp_path):
+    good, bad = _copies(tiny_mt10_run, tmp_path / "runs", 2)
+    log = (bad / "evals.jsonl").read_text()
+    (bad / "evals.jsonl").write_text(log[: len(log) - 40])  # cut inside its last record
+    fresh = tmp_path / "runs" / "fresh"
+    fresh.mkdir()
+    (fresh / "config.yaml").write_text((good / "config.yaml").read_text())  # started, no evaluation yet
+    out = tmp_path / "out"
+    proc = run_cli("report", str(tmp_path / "runs"), "--out", str(out), "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    warnings = sorted(line for line in proc.stderr.splitlines() if line.startswith("warning:"))
+    assert len(warnings) == 2, proc.stderr
+    assert warnings[0] == f"warning: left out {fresh}: no evaluation logged yet"
+    assert warnings[1].startswith(f"warning: left out {bad}: {bad}/evals.jsonl line 2 is not valid JSON")
+    report = (out / "report.md").read_text()
+    assert "1 run (" in report
+    assert f"- `{bad}`: {bad}/evals.jsonl line 2 is not valid JSON" in report
+    assert f"- `{fresh}`: no evaluation logged yet" in report
