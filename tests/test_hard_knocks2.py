@@ -384,3 +384,19 @@ def test_a_run_with_a_truncated_log_is_left_out_with_one_warning_and_named(tiny_
     assert "1 run (" in report
     assert f"- `{bad}`: {bad}/evals.jsonl line 2 is not valid JSON" in report
     assert f"- `{fresh}`: no evaluation logged yet" in report
+
+
+def test_the_learning_speed_line_is_a_line_of_its_own_and_counts_the_evaluations_left(tmp_path):
+    import re
+
+    run_dir = tmp_path / "bar"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # stdout and stderr (the bar) in the order written
+    proc = subprocess.run([sys.executable, "-m", "mtrl_famo.cli", "train", *TINY, *MT1, "train.progress=true",
+                           "train.total_steps=3000", "eval.every=1000", f"run_dir={run_dir}"],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout
+    at = proc.stdout.index("learning at ")
+    assert proc.stdout[at - 1] in "\n\r", repr(proc.stdout[at - 80:at + 20])  # not after the bar's text
+    line = proc.stdout[at:].splitlines()[0]
+    assert re.fullmatch(r"learning at [\d,.]+ steps/s: about .+ for the remaining [\d,]+ steps and [123] "
+                        r"evaluations? \(the final one included\)", line), line
