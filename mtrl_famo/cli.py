@@ -27,7 +27,7 @@ commands:
 
 examples:
   mtrl-famo train
-  mtrl-famo train benchmark=mt50 aggregator=famo seed=3 device=cpu train.total_steps=20000 run_dir=runs/x
+  mtrl-famo train benchmark=mt50 aggregator=famo seed=3 device=cpu train.total_steps=20000 train.warmup_steps=5000 run_dir=runs/x
   mtrl-famo train benchmark=mt1 benchmark.env_name=reach-v3
   mtrl-famo train seeds=[0,1,2] run_dir=runs/pop    (a population: runs/pop/s0, s1, s2 in one process)
   mtrl-famo eval run_dir=runs/x eval.episodes=50
