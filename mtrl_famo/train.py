@@ -107,7 +107,7 @@ class LearningSpeed:
         self.start_step, self.clock = step, time.perf_counter()
         self.first_seen = False
         self.paused = 0.0  # seconds of evaluations and checkpoints since the clock started
-        self._pause_from: float | None = None
+        self._pause_from = None
 
     def pause_ended(self) -> None:
         """An evaluation or checkpoint ended: leave its time out of the learning speed.

@@ -62,7 +62,7 @@ def tiny(command: str) -> list[str]:
     args, keys = [], set()
     for word in words[1:]:
         key, sep, value = word.partition("=")
-        if key in ("train.total_steps", "eval.every", "eval.episodes", "hydra.launcher.n_jobs"):
+        if key in ("train.total_steps", "train.warmup_steps", "eval.every", "eval.episodes", "hydra.launcher.n_jobs"):
             continue  # the tiny ones below
         keys.add(runconfig.override_key(word))
         if key == "agent.hidden_sizes":
@@ -80,7 +80,7 @@ def tiny(command: str) -> list[str]:
         budget["hydra.sweep.subdir"] = "${hydra.job.num}"  # the tiny keys would make too long a folder name
         if any(a.startswith("hydra/launcher=local") for a in args):
             budget["hydra.launcher.n_jobs"] = "2"
-    return args + [f"{key}={value}" for key, value in budget.items() if key not in keys]
+    return ["train", *args] + [f"{key}={value}" for key, value in budget.items() if key not in keys]
 
 
 def validate_as_written(command: str) -> None:

@@ -400,3 +400,25 @@ def test_the_learning_speed_line_is_a_line_of_its_own_and_counts_the_evaluations
     line = proc.stdout[at:].splitlines()[0]
     assert re.fullmatch(r"learning at [\d,.]+ steps/s: about .+ for the remaining [\d,]+ steps and [123] "
                         r"evaluations? \(the final one included\)", line), line
+
+
+def test_the_learning_speed_leaves_out_pauses_and_the_time_left_counts_the_evaluations(monkeypatch):
+    """On a fake clock: 20 steps in 12 s of which 10 s were an evaluation is 10 steps/s, not 1.7; the time
+    left adds the evaluations still to come (here 100 s) to the steps (1000 at 10 steps/s)."""
+    import mtrl_famo.train as train
+
+    now = [0.0]
+    monkeypatch.setattr(train.time, "perf_counter", lambda: now[0])
+    lines = []
+    speed = train.LearningSpeed(1030, lines.append, evaluations_left=lambda step: (2, 100.0))
+    speed.MIN_SECONDS = 2.0
+    speed.start(0)
+    speed.observe(10)  # the first learning step (it may compile) starts the clock
+    now[0] = 1.0
+    speed.observe(20)
+    now[0] = 11.0  # an evaluation took 10 s
+    speed.pause_ended()
+    now[0] = 12.0
+    speed.observe(30)
+    assert lines == ["learning at 10.0 steps/s: about 3 min for the remaining 1,000 steps and 2 evaluations "
+                     "(the final one included)"]
