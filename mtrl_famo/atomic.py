@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None], readable: bool = False) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write through a temporary file in the same folder, fsync it, then rename over ``path``.
 
-    A process killed at any moment leaves either the old file or the new one.
-
-    :param readable: give the file the mode the umask allows (see :func:`publish`) rather
-        than the private 0600 of a temporary file (run folders keep that).
+    A process killed at any moment leaves either the old file or the new one; the new one
+    has the mode the user's umask gives a new file (see :func:`publish`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,10 +23,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], readable: bool 
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        if readable:
-            publish(Path(tmp), path)
-        else:
-            os.replace(tmp, path)
+        publish(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -37,8 +32,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], readable: bool 
 def publish(tmp: Path, path: Path) -> None:
     """Rename a finished temporary file over ``path``, with the mode a new file would get.
 
-    ``tempfile.mkstemp`` makes files private (0600); a published result should be readable
-    as the user's umask allows, like any file the user creates.
+    ``tempfile.mkstemp`` makes files private (0600); a run's files should be readable as the
+    user's umask allows, like any file the user creates (``open(path, "w")`` gives 0666 & ~umask).
     """
     umask = os.umask(0)
     os.umask(umask)
@@ -46,9 +41,9 @@ def publish(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_text(path: Path, text: str, readable: bool = False) -> None:
-    """Write ``text`` to ``path`` atomically (``readable``: see :func:`atomic_write`)."""
-    atomic_write(path, lambda f: f.write(text.encode()), readable)
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_json(path: Path, data: Any) -> None:

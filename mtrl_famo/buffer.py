@@ -110,8 +110,10 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict:
         """Filled rows only, on the CPU, so a checkpoint's size grows with the data."""
-        # On a CPU, .cpu() of the slice is a view and torch.save would write the whole storage: make it contiguous.
-        return {"storage": self.storage[:, :self.size].cpu().contiguous(), "pos": self.pos, "size": self.size,
+        # A copy: on a CPU, .cpu() of the slice is a view (and with one task already contiguous), and
+        # torch.save writes a view's whole underlying storage, every preallocated row.
+        filled = self.storage[:, :self.size].to("cpu", copy=True, memory_format=torch.contiguous_format)
+        return {"storage": filled, "pos": self.pos, "size": self.size,
                 "capacity": self.capacity}
 
     def load_state_dict(self, state: dict) -> None:

@@ -18,8 +18,18 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` ``state`` to ``path`` atomically."""
-    atomic_write(path, lambda f: torch.save(state, f))
+    """``torch.save`` ``state`` to ``path`` atomically.
+
+    :raises OSError: the file could not be written (a full disk); ``torch.save`` reports a failed
+        write as a ``RuntimeError`` ("unexpected pos") chained from it: this raises the OSError.
+    """
+    try:
+        atomic_write(path, lambda f: torch.save(state, f))
+    except RuntimeError as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, OSError):
+            raise cause from None
+        raise
 
 
 def checkpoint_path(run_dir: Path) -> Path:
@@ -115,3 +125,11 @@ def load_rng_streams(rng: dict, action_space, agent_generator: torch.Generator, 
         return None
     return (f"{' and '.join(reseeded)} cannot continue on {here}: re-seeded from seed={seed} and step {step:,} "
             f"(the run goes on, not bit for bit)")
+
+
+def load_error_line(exc: Exception) -> str:
+    """The telling line of a ``load_state_dict`` error: the first size mismatch or missing key, not
+    torch's "Error(s) in loading state_dict for Actor:" heading."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    telling = [ln for ln in lines if ln.startswith(("size mismatch", "Missing key", "Unexpected key"))]
+    return (telling or lines or [type(exc).__name__])[0]

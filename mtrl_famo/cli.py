@@ -27,7 +27,7 @@ commands:
 
 examples:
   mtrl-famo train
-  mtrl-famo train benchmark=mt50 aggregator=famo seed=3 device=cpu train.total_steps=20000 run_dir=runs/x
+  mtrl-famo train benchmark=mt50 aggregator=famo seed=3 device=cpu train.total_steps=20000 train.warmup_steps=5000 run_dir=runs/x
   mtrl-famo train benchmark=mt1 benchmark.env_name=reach-v3
   mtrl-famo train seeds=[0,1,2] run_dir=runs/pop    (a population: runs/pop/s0, s1, s2 in one process)
   mtrl-famo eval run_dir=runs/x eval.episodes=50
@@ -46,7 +46,41 @@ def _help_text() -> str:
     groups = ", ".join(f"{g}={{{','.join(runconfig.group_options(g))}}}" for g in runconfig.GROUPS)
     return "\n".join([USAGE, "", f"config groups: {groups}", "",
                       "config keys (defaults of `mtrl-famo train`, i.e. benchmark=mt10 aggregator=mean):",
-                      *runconfig.config_help()])
+                      *runconfig.config_help(), "", *_sweep_help()])
+
+
+def _sweep_help() -> list[str]:
+    """Hydra's keys of a sweep (``--multirun``): the launcher group and the ``hydra.*`` keys our configs set."""
+    import yaml
+
+    launchers = runconfig.group_options("hydra/launcher")
+    sweep = yaml.safe_load((runconfig.config_dir() / "config.yaml").read_text())["hydra"]["sweep"]
+    lines = ["sweep keys (with --multirun; Hydra's, see https://hydra.cc/docs/intro/):",
+             f"  hydra/launcher={{{','.join(launchers)}}}".ljust(40) + "  basic (default: one job after another in "
+             "this process), local (joblib worker processes) or slurm (submitit jobs on a SLURM cluster)",
+             f"  hydra.sweep.dir={sweep['dir']}".ljust(40) + "  the sweep's folder; the same one again resumes it",
+             f"  hydra.sweep.subdir={sweep['subdir']}".ljust(40) + "  each job's folder in it (its overrides)"]
+    for launcher in launchers:
+        node = yaml.safe_load((runconfig.config_dir() / "hydra" / "launcher" / f"{launcher}.yaml").read_text())
+        for key, value in node.items():
+            if key != "defaults":
+                what = "jobs at a time" if key == "n_jobs" else "the SLURM job's resource (submitit)"
+                lines.append(f"  hydra.launcher.{key}={value}".ljust(40) + f"  (hydra/launcher={launcher}) {what}")
+    return lines
+
+
+EVAL_USAGE = "usage: mtrl-famo eval run_dir=DIR [eval.episodes=50] [device=cpu]"
+
+
+def _eval_help_text() -> str:
+    """``mtrl-famo eval --help``: the keys eval takes (the run's saved config gives everything else)."""
+    return "\n".join([
+        EVAL_USAGE, "",
+        "Evaluates the deterministic policy of a run's latest checkpoint on every task of the run, prints",
+        "the per-task table and writes DIR/eval.json; the run's saved config gives everything else.", "",
+        "  run_dir=DIR".ljust(40) + "  a folder written by `mtrl-famo train` (holds checkpoint.pt)",
+        "  eval.episodes=N".ljust(40) + "  episodes per task (default: the run's eval.final_episodes, 50)",
+        "  device=auto".ljust(40) + "  auto (CUDA when present), cpu, cuda or cuda:N"])
 
 
 def train_command(overrides: list[str]) -> int:
@@ -125,9 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mtrl-famo: error: unknown command {command!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     if command in ("train", "eval") and ("-h" in overrides or "--help" in overrides):
-        print(_help_text())
+        print(_help_text() if command == "train" else _eval_help_text())
         return 0
-    if command in ("train", "eval") and not any(flag in overrides for flag in runconfig.MULTIRUN_FLAGS):
+    if command in ("train", "eval"):
         from mtrl_famo.video.gl import guard_user_backend
 
         guard_user_backend()  # a broken MUJOCO_GL must not crash a command that renders nothing

@@ -53,6 +53,15 @@ METAWORLD_MAX_EPISODE_STEPS = 500
 #: Highest ``benchmark.num_goals``: Meta-World's ``_N_GOALS`` default, the goal variants its benchmarks draw.
 METAWORLD_NUM_GOALS = 50
 TASKS_PER_BENCHMARK = {"mt1": 1, "mt10": 10, "mt50": 50}
+#: Longest run in environment steps summed over tasks: 100x the published MT50 protocol (2M steps per task,
+#: Meta-World+ / Yu et al. 2020), decades of compute; a larger value is a typo.
+MAX_TOTAL_STEPS = 10**10
+#: Most gradient updates per vector-env step: far past any published update-to-data ratio (REDQ, Chen et al.
+#: 2021: 20); more makes a run that never ends.
+MAX_UPDATES_PER_STEP = 1000
+#: Largest video frame side in pixels: a 4K frame (3840 x 2160) fits; MuJoCo's off-screen buffer grows to the
+#: frame and EGL/OSMesa fail past the driver's renderbuffer limit (width=100000 gave an 85-line EGL traceback).
+MAX_FRAME_SIDE = 4096
 MAX_SEED = 2**31 - 1  # environments are reset with seed + step; NumPy and torch take it as an unsigned int
 
 
@@ -321,7 +330,8 @@ class VideoConfig:
     every: Optional[int] = doc(None, "steps between policy videos in run_dir/videos during training; null = off")
     tasks: Optional[List[str]] = doc(None, "tasks to film, e.g. [reach-v3,push-v3]; null = every task")
     episodes: int = doc(1, "episodes per task in each video")
-    camera: str = doc("corner", "Meta-World camera: corner, corner2, corner3, corner4, topview, behindGripper")
+    camera: str = doc("corner", "Meta-World camera: corner, corner2, corner3, corner4, topview, behindGripper, "
+                                "gripperPOV")
     width: int = doc(480, "video frame width in pixels")
     height: int = doc(480, "video frame height in pixels")
 
@@ -492,7 +502,9 @@ def validate(cfg: Config) -> Config:
     _check_steps(t.total_steps, "train.total_steps")
     _check_steps(t.steps_per_task, "train.steps_per_task")
     _check_steps(t.warmup_steps, "train.warmup_steps", allow_zero=True)
-    _check_steps(t.updates_per_step, "train.updates_per_step", allow_zero=True)
+    _check_steps(t.updates_per_step, "train.updates_per_step")
+    _require(t.updates_per_step <= MAX_UPDATES_PER_STEP,
+             f"train.updates_per_step={t.updates_per_step} is too many; allowed: 1 to {MAX_UPDATES_PER_STEP}")
     _check_steps(t.per_task_batch, "train.per_task_batch")
     _check_steps(t.buffer_size, "train.buffer_size")
     _check_steps(t.checkpoint_every, "train.checkpoint_every")
@@ -504,6 +516,10 @@ def validate(cfg: Config) -> Config:
              f"for one graph); allowed: {', '.join(GRAPH_AGGREGATORS)}, or train.compile=none/task_gradients/all")
     k = TASKS_PER_BENCHMARK.get(b.name, 1)
     total, warmup = t.total_for(k), t.warmup_for(k)
+    given = (f"train.total_steps={total}" if t.total_steps is not None
+             else f"train.steps_per_task={t.steps_per_task} x {k} tasks = {total} steps")
+    _require(total <= MAX_TOTAL_STEPS, f"{given} is too long a run; allowed: at most {MAX_TOTAL_STEPS:,} "
+                                       f"environment steps (100x the 2M-steps-per-task MT50 protocol)")
     _require(warmup < total,
              f"train.warmup_steps={warmup}{f' (default 4000 x {k} tasks)' if t.warmup_steps is None else ''} is not "
              f"below train.total_steps={total}: the run would make no gradient update; lower train.warmup_steps "
@@ -523,6 +539,9 @@ def validate(cfg: Config) -> Config:
 
     for key in ("every", "episodes", "width", "height"):
         _check_steps(getattr(cfg.video, key), f"video.{key}")
+    for key in ("width", "height"):
+        _require(getattr(cfg.video, key) <= MAX_FRAME_SIDE,
+                 f"video.{key}={getattr(cfg.video, key)} is too large a frame; allowed: 1 to {MAX_FRAME_SIDE} pixels")
 
     _check_steps(cfg.seed, "seed", allow_zero=True)
     _require(cfg.seed <= MAX_SEED, f"seed={cfg.seed} must be an integer in [0, {MAX_SEED}]")

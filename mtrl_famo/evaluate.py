@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 import torch
 
-from mtrl_famo.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+from mtrl_famo.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, load_error_line
 from mtrl_famo.config import Config
 from mtrl_famo.envs import make_envs, task_names as env_task_names
 from mtrl_famo.runtime import configure_threads, resolve_device, seed_everything
@@ -132,5 +132,5 @@ def load_agent(cfg: Config, obs_dim: int, act_dim: int, names: list[str], device
         agent.load_state_dict(state["agent"])
     except (RuntimeError, KeyError) as exc:
         raise CheckpointError(f"checkpoint of {str(cfg.run_dir)!r} does not fit its config.yaml "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+                              f"(agent.hidden_sizes={list(cfg.agent.hidden_sizes)}): {load_error_line(exc)}") from None
     return agent, int(state["step"])

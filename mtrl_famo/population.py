@@ -35,7 +35,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from mtrl_famo import runconfig
-from mtrl_famo.atomic import write_json
+from mtrl_famo.atomic import publish, write_json
 from mtrl_famo.checkpoint import CheckpointError, checkpoint_path
 from mtrl_famo.config import Config, ConfigError
 from mtrl_famo.envs import step_async, step_wait, true_next_obs
@@ -195,7 +195,7 @@ class PopulationTrainer:
                     f.flush()
                     os.fsync(f.fileno())
             for tmp, path in pending:
-                os.replace(tmp, path)
+                publish(Path(tmp), path)  # the mode the user's umask gives a new file
         finally:
             for tmp, _ in pending:
                 Path(tmp).unlink(missing_ok=True)

@@ -17,11 +17,13 @@ from typing import Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mtrl_famo.config import Config, ConfigError, register_schemas, validate
 from mtrl_famo.run_files import CHECKPOINT_FILE, CONFIG_FILE, LOCK_FILE, RESULTS_FILE, population_members
+from mtrl_famo.run_records import RunFileError, read_json
 
 GROUPS = ("benchmark", "aggregator", "agent", "protocol", "experiment")
 # What may change when a run is resumed; everything else must match the saved run.
@@ -121,7 +123,36 @@ def compose_config(overrides: Sequence[str], check: bool = True) -> Config:
         obj = OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_explain(exc, overrides)) from None
+    except ValueError as exc:  # OmegaConf's own, e.g. a list index that is not a number: agent.hidden_sizes.x=1
+        raise ConfigError(f"bad override among {' '.join(overrides)}: {str(exc).splitlines()[0]}") from None
+    check_added_keys(overrides, obj)
     return validate_run(obj) if check else obj
+
+
+def check_added_keys(overrides: Sequence[str], cfg: Config) -> None:
+    """Refuse ``+key=value`` and ``++key=value`` for a key the schema does not have.
+
+    Hydra's ``+`` adds a key and ``++`` adds or sets one, past the schema's check of
+    unknown keys, so ``+agent.actor_lrr=0.1`` would be accepted and do nothing. Config
+    groups (``+experiment=NAME``, ``hydra/launcher=...``) and ``hydra.*`` are Hydra's to check.
+
+    :raises ConfigError: naming the key and the keys allowed where it was put.
+    """
+    for o in overrides:
+        if not o.startswith("+"):
+            continue
+        key = override_key(o)
+        if "/" in key or key in GROUPS or key.split(".")[0] == "hydra":
+            continue
+        node, parts = cfg, key.split(".")
+        for depth, part in enumerate(parts):
+            names = [f.name for f in fields(node)] if is_dataclass(node) else []
+            if part not in names:
+                parent = ".".join(parts[:depth])
+                where = f" under {parent!r}" if parent else ""
+                allowed = ", ".join(names) if names else f"none ({parent} is a value, not a group of keys)"
+                raise ConfigError(f"unknown config key {key!r} (in {o!r}); allowed keys{where}: {allowed}")
+            node = getattr(node, part)
 
 
 def config_help() -> list[str]:
@@ -175,7 +206,19 @@ def load_saved_config(run_dir: Path) -> Config:
     """The config a run was started with (its ``config.yaml``), type-checked again."""
     from mtrl_famo.config import AGGREGATOR_SCHEMAS
 
-    saved = OmegaConf.load(run_dir / CONFIG_FILE)
+    path = run_dir / CONFIG_FILE
+    try:
+        saved = OmegaConf.load(path)
+    except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{at} ({problem}): the run's config is "
+                          f"damaged; restore it (the same config is in the checkpoint and in tb/ as "
+                          f"'hyperparameters')") from None
+    if not isinstance(saved, DictConfig) or not isinstance(saved.get("aggregator"), DictConfig):
+        raise ConfigError(f"{path} is not a mtrl-famo run config (no 'aggregator' section): the run's config "
+                          f"is damaged")
     aggregator = saved.pop("aggregator")
     name = aggregator.get("name")
     if name not in AGGREGATOR_SCHEMAS:
@@ -210,17 +253,14 @@ def train_config(overrides: Sequence[str], composed: Config | None = None) -> tu
             raise ConfigError(f"run_dir={str(run_dir)!r} has a checkpoint but no {CONFIG_FILE}; cannot resume it")
         saved = load_saved_config(run_dir)
         saved_node, new_node = OmegaConf.structured(saved), OmegaConf.structured(cfg)
+        fixed = []
         for o in overrides:
             key = override_key(o)
             if key.split(".")[0] in RESUMABLE_PREFIXES and key not in NOT_RESUMABLE:
                 OmegaConf.update(saved_node, key, OmegaConf.select(new_node, key), merge=False)
-            elif OmegaConf.select(saved_node, key) != OmegaConf.select(new_node, key):
-                raise ConfigError(
-                    f"run_dir={str(run_dir)!r} holds a run with {key}={OmegaConf.select(saved_node, key)}; "
-                    f"cannot resume it with {o!r} (only train.* but train.buffer_size, eval.*, video.* and device "
-                    f"may change; "
-                    f"pick another run_dir for a new run)"
-                )
+            else:
+                fixed.append(o)
+        _refuse_changes(run_dir, fixed, saved_node, new_node)
         resumed = OmegaConf.to_object(saved_node)
         resumed.run_dir = str(run_dir)
         return validate_run(resumed), True
@@ -230,15 +270,51 @@ def train_config(overrides: Sequence[str], composed: Config | None = None) -> tu
     return cfg, False
 
 
-def check_run_dir(run_dir: Path) -> None:
-    """:raises ConfigError: ``run_dir`` is a file, or lies under one, or cannot be written."""
+def _leaves(node, prefix: str) -> dict:
+    """``{"benchmark.max_episode_steps": 500, ...}`` under ``prefix`` of a config node."""
+    value = OmegaConf.select(node, prefix) if prefix else node
+    if not isinstance(value, DictConfig):
+        return {prefix: OmegaConf.to_container(value) if OmegaConf.is_config(value) else value}
+    out = {}
+    for k in value:
+        out.update(_leaves(node, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _refuse_changes(run_dir: Path, overrides: Sequence[str], saved_node, new_node) -> None:
+    """:raises ConfigError: an override changes a setting the saved run has, naming the most specific
+    override that changes it (``benchmark.max_episode_steps=40``, not the ``benchmark=mt1`` beside it)."""
+    changes = []
+    for o in overrides:
+        key = override_key(o)
+        old, new = _leaves(saved_node, key), _leaves(new_node, key)
+        for leaf in sorted(set(old) | set(new)):
+            if old.get(leaf) != new.get(leaf):
+                changes.append((len(key), leaf.endswith(".name"), leaf, o))
+    if not changes:
+        return
+    _, _, leaf, o = max(changes, key=lambda c: c[:2])
+    sets = "" if override_key(o) == leaf else f" (which sets {leaf}={_show(OmegaConf.select(new_node, leaf))})"
+    raise ConfigError(
+        f"run_dir={str(run_dir)!r} holds a run with {leaf}={_show(OmegaConf.select(saved_node, leaf))}; cannot "
+        f"resume it with {o!r}{sets} (only train.* but train.buffer_size, eval.*, video.* and device may change; "
+        f"pick another run_dir for a new run)")
+
+
+def _show(value) -> str:
+    value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return "null" if value is None else str(value)
+
+
+def check_run_dir(run_dir: Path, key: str = "run_dir") -> None:
+    """:raises ConfigError: ``run_dir`` (the value of ``key``) is a file, or lies under one, or cannot be written."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run_dir={str(run_dir)!r} is a file; choose a folder")
+        raise ConfigError(f"{key}={str(run_dir)!r} is a file; choose a folder")
     existing = next(p for p in [run_dir, *run_dir.absolute().parents] if p.exists())
     if not existing.is_dir():
-        raise ConfigError(f"run_dir={str(run_dir)!r} lies under {str(existing)!r}, which is a file; choose a folder")
+        raise ConfigError(f"{key}={str(run_dir)!r} lies under {str(existing)!r}, which is a file; choose a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"run_dir={str(run_dir)!r} cannot be written: no write permission in {str(existing)!r}")
+        raise ConfigError(f"{key}={str(run_dir)!r} cannot be written: no write permission in {str(existing)!r}")
 
 
 def check_machine(cfg: Config) -> None:
@@ -258,6 +334,9 @@ def check_machine(cfg: Config) -> None:
         if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
             raise ConfigError(f"device={cfg.device!r}; allowed: cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     check_aggregator(cfg)
+    from mtrl_famo.memory import check_memory
+
+    check_memory(cfg)
     cores = os.cpu_count() or 1
     if cfg.train.torch_threads > cores:
         raise ConfigError(f"train.torch_threads={cfg.train.torch_threads} is more than the {cores} CPU cores here; "
@@ -292,7 +371,11 @@ def finished_results(cfg: Config) -> dict | None:
     path = Path(cfg.run_dir) / RESULTS_FILE
     if not path.is_file():
         return None
-    results = json.loads(path.read_text())
+    try:
+        results = read_json(path)
+    except RunFileError as exc:
+        raise ConfigError(f"{exc}; delete it and run again: the run resumes from its checkpoint and writes it "
+                          f"anew") from None
     total = cfg.train.total_for(len(results.get("tasks", []))) or None
     if results.get("finished") and total is not None and results.get("step", 0) >= total:
         return results
@@ -324,9 +407,10 @@ def eval_config(overrides: Sequence[str]) -> Config:
     node = OmegaConf.structured(saved)
     if "eval.episodes" not in values:
         values["eval.episodes"] = str(saved.eval.final_episodes)
-    try:
-        node = OmegaConf.merge(node, OmegaConf.from_dotlist([f"{k}={v}" for k, v in values.items()]))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from None
+    for key, value in values.items():  # one at a time, so an error names its key
+        try:
+            node = OmegaConf.merge(node, OmegaConf.from_dotlist([f"{key}={value}"]))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"bad value in '{key}={value}': {str(exc).splitlines()[0]}") from None
     cfg = OmegaConf.to_object(node)
     return validate_run(cfg)

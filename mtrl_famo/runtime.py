@@ -22,11 +22,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+#: Up to this many cores, a CPU run takes 1 torch thread (measured fastest for these MLP sizes on 2 cores:
+#: docs/performance.md); a sweep's worker applies the same rule to its share of the cores.
+SMALL_MACHINE_CORES = 4
+
+
 def configure_threads(requested: int, device: torch.device) -> None:
     """0 = one thread on small CPU machines (measured fastest for these MLP sizes), else torch's default."""
     if requested > 0:
         torch.set_num_threads(requested)
-    elif device.type == "cpu" and (os.cpu_count() or 1) <= 4:
+    elif device.type == "cpu" and (os.cpu_count() or 1) <= SMALL_MACHINE_CORES:
         torch.set_num_threads(1)
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import hydra
@@ -23,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from mtrl_famo import runconfig
 from mtrl_famo.config import ConfigError, register_schemas
 from mtrl_famo.run_lock import lock_run_dir, unlock_run_dir
+from mtrl_famo.runtime import SMALL_MACHINE_CORES
 
 
 def expand_grid(overrides: Sequence[str]) -> list[list[str]]:
@@ -68,13 +71,46 @@ def check_grid(grid: list[list[str]], overrides: Sequence[str] = ()) -> None:
                               f"an experiment= preset or set hydra.sweep.subdir='${{hydra.job.num}}'")
 
 
+class SweepStopped(BaseException):
+    """SIGINT/SIGTERM stopped a sweep's job after its checkpoint: the whole sweep stops.
+
+    A ``BaseException``: Hydra's job runner catches ``Exception`` from a job and starts the
+    next one, so a Ctrl-C would stop one job only.
+    """
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def sweep_dir_override(overrides: Sequence[str]) -> str | None:
+    """The value of ``hydra.sweep.dir=`` on the command line, if given."""
+    values = [o.split("=", 1)[1] for o in overrides if "=" in o and runconfig.override_key(o) == "hydra.sweep.dir"]
+    return values[-1] if values else None
+
+
+def worker_threads(n_jobs: int, cores: int | None = None) -> int:
+    """Torch threads of one of ``n_jobs`` parallel workers: the single run's rule (``configure_threads``)
+    on the worker's share of the cores, 1 thread on a share of up to 4 cores, else the share."""
+    cores = cores or os.cpu_count() or 1
+    share = max(1, cores // max(1, n_jobs))
+    return 1 if share <= SMALL_MACHINE_CORES else share
+
+
 def run_sweep(args: Sequence[str]) -> int:
-    """Validate every job's config, then run the grid through Hydra's multirun."""
+    """Validate every job's config, then run the grid through Hydra's multirun.
+
+    :return: the exit code: 0, or 128 + the signal that stopped the sweep (after the running
+        job's checkpoint; no further job starts).
+    """
     overrides = [a for a in args if a not in runconfig.MULTIRUN_FLAGS]
     grid = expand_grid(overrides)
     for combo in grid:
         runconfig.compose_config(combo)  # bad input fails here, before any job starts
     check_grid(grid, overrides)
+    sweep_dir = sweep_dir_override(overrides)
+    if sweep_dir is not None:
+        runconfig.check_run_dir(Path(sweep_dir), key="hydra.sweep.dir")
     register_schemas()
 
     @hydra.main(config_path=str(runconfig.config_dir()), config_name="config", version_base="1.3")
@@ -85,6 +121,9 @@ def run_sweep(args: Sequence[str]) -> int:
     sys.argv = ["mtrl-famo", "--multirun", *overrides]
     try:
         job()
+    except SweepStopped as stopped:
+        print(f"mtrl-famo train: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     finally:
         sys.argv = saved_argv
     return 0
@@ -95,9 +134,12 @@ def run_sweep_job(job_cfg: DictConfig) -> float:
 
     :param job_cfg: the job's config, composed by Hydra.
     :return: the run's final mean success rate (Hydra keeps it as the job's return value).
+    :raises SweepStopped: SIGINT or SIGTERM stopped the job (after its checkpoint).
     """
-    from mtrl_famo.train import Trainer
+    from mtrl_famo.train import TrainingInterrupted
+    from mtrl_famo.video.gl import guard_user_backend
 
+    guard_user_backend()  # a worker process imports MuJoCo itself
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
     given = {runconfig.override_key(o) for o in overrides}
@@ -109,7 +151,20 @@ def run_sweep_job(job_cfg: DictConfig) -> float:
     if "train.torch_threads" not in given:
         n_jobs = OmegaConf.select(hc, "launcher.n_jobs", default=1) or 1
         n_jobs = os.cpu_count() if n_jobs < 0 else n_jobs
-        cfg.train.torch_threads = max(1, (os.cpu_count() or 1) // n_jobs)
+        cfg.train.torch_threads = worker_threads(n_jobs)
+    try:
+        return _train_job(cfg, job_cfg, overrides)
+    except TrainingInterrupted as exc:
+        signame = signal.Signals(exc.exit_code - 128).name if exc.exit_code > 128 else "a signal"
+        raise SweepStopped(f"{signame} stopped the sweep in {cfg.run_dir} after its checkpoint; no further job "
+                           f"was started. Resume the sweep with the same command (same hydra.sweep.dir): finished "
+                           f"runs are skipped, this one resumes", exc.exit_code) from None
+
+
+def _train_job(cfg, job_cfg: DictConfig, overrides: list[str]) -> float:
+    """Train one job's run (or population); its final mean success rate."""
+    from mtrl_famo.train import Trainer
+
     if cfg.seeds is not None:  # a population per job: members in <job dir>/s<seed>
         from mtrl_famo.population import run_population
 

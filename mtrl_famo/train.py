@@ -19,14 +19,15 @@ from tqdm import tqdm
 from mtrl_famo.buffer import ReplayBuffer
 from mtrl_famo.atomic import write_json, write_text
 from mtrl_famo import env_state
-from mtrl_famo.checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, load_rng_streams, rng_streams,
-                                  save_checkpoint)
+from mtrl_famo.checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, load_error_line, load_rng_streams,
+                                  rng_streams, save_checkpoint)
 from mtrl_famo.config import Config
 from mtrl_famo.envs import benchmark_task_names, make_envs, step_async, step_wait, task_names, true_next_obs
 from mtrl_famo.evaluate import EvalResult, evaluate
 from mtrl_famo.nonfinite import NonFiniteWatch
 from mtrl_famo.restart import unstarted_run
 from mtrl_famo.run_files import CONFIG_FILE, EVALS_FILE, RESULTS_FILE, TENSORBOARD_DIR
+from mtrl_famo.run_records import RunFileError, read_jsonl
 from mtrl_famo.runtime import configure_threads, resolve_device, seed_everything
 from mtrl_famo.sac import MTSAC
 from mtrl_famo.step_rules import env_actions, stored_terminated, updates_at
@@ -96,28 +97,44 @@ class LearningSpeed:
 
     MIN_SECONDS = 5.0
 
-    def __init__(self, total: int, out):
-        self.total, self.out = total, out
+    def __init__(self, total: int, out, evaluations_left=lambda step: (0, 0.0)):
+        """:param evaluations_left: ``step -> (evaluations, seconds)`` still to come, the final one included."""
+        self.total, self.out, self.evaluations_left = total, out, evaluations_left
         self.start_step: int | None = None
         self.clock = 0.0
         self.done = False
+        self.paused = 0.0
+        self._pause_from: float | None = None
 
     def start(self, step: int) -> None:
         self.start_step, self.clock = step, time.perf_counter()
         self.first_seen = False
+        self.paused = 0.0  # seconds of evaluations and checkpoints since the clock started
+        self._pause_from = None
+
+    def pause_ended(self) -> None:
+        """An evaluation or checkpoint ended: leave its time out of the learning speed.
+
+        Called right after the pause; the pause began at the last ``observe``."""
+        if self._pause_from is not None:
+            self.paused += time.perf_counter() - self._pause_from
 
     def observe(self, step: int) -> None:
         if self.done or self.start_step is None:
             return
+        self._pause_from = time.perf_counter()
         if not self.first_seen:  # leave out the first learning step: its update compiles (train.compile)
             self.start_step, self.clock, self.first_seen = step, time.perf_counter(), True
+            self.paused = 0.0
             return
-        elapsed = time.perf_counter() - self.clock
+        elapsed = time.perf_counter() - self.clock - self.paused
         if elapsed < self.MIN_SECONDS or step == self.start_step:
             return
         rate = (step - self.start_step) / elapsed
-        self.out(f"learning at {rate:,.1f} steps/s: about {format_duration((self.total - step) / rate)} "
-                 f"for the remaining {self.total - step:,} steps")
+        count, eval_seconds = self.evaluations_left(step)
+        self.out(f"learning at {rate:,.1f} steps/s: about {format_duration((self.total - step) / rate + eval_seconds)} "
+                 f"for the remaining {self.total - step:,} steps and {count} evaluation{'s' if count != 1 else ''} "
+                 f"(the final one included)")
         self.done = True
 
 
@@ -313,10 +330,18 @@ class Trainer:
 
         :param state: the checkpoint, when the caller has already loaded (and checked) it.
         """
-        self.load_state_dict(state if state is not None else load_resume_state(self.cfg))
+        try:
+            self.load_state_dict(state if state is not None else load_resume_state(self.cfg))
+        except (RuntimeError, KeyError) as exc:  # torch's size mismatch: the networks of another config
+            raise CheckpointError(f"checkpoint of {str(self.run_dir)!r} does not fit its config.yaml (agent."
+                                  f"hidden_sizes={list(self.cfg.agent.hidden_sizes)}): {load_error_line(exc)}") from None
         evals_file = self.run_dir / EVALS_FILE
         if evals_file.exists():
-            kept = [json.loads(line) for line in evals_file.read_text().splitlines() if line.strip()]
+            try:
+                kept = read_jsonl(evals_file)
+            except RunFileError as exc:
+                raise RunFileError(f"{exc}; fix or delete that line to resume (the evaluations after the "
+                                   f"checkpoint are redone)") from None
             self.evals = [EvalResult(e["step"], e["episodes"], e["success_rate"], e["episodic_return"])
                           for e in kept if e["step"] <= self.step]
             self._write_evals()
@@ -371,7 +396,7 @@ class Trainer:
             for path in (self.run_dir / TENSORBOARD_DIR).glob("events.out.tfevents.*"):
                 path.unlink()
             (self.run_dir / EVALS_FILE).unlink(missing_ok=True)
-        write_text(self.run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.structured(self.cfg)), readable=True)
+        write_text(self.run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.structured(self.cfg)))
 
     def _announce(self) -> None:
         """The start line (folder, benchmark, device, budget) and, on a CPU with a long budget, a warning."""
@@ -392,7 +417,7 @@ class Trainer:
         obs, episode_success = self.obs, self.episode_success
         sps_clock, sps_step = time.perf_counter(), self.step
         bar = self._progress_bar(learning=self.step >= n.warmup)
-        eta = LearningSpeed(n.total, self.out)
+        eta = LearningSpeed(n.total, self._write_above_bar, self._evaluations_left)
         while self.step < n.total and not stop.received:
             prev_step, self.step = self.step, self.step + k
             log_now = crossed(prev_step, self.step, n.log_every)
@@ -442,15 +467,37 @@ class Trainer:
                 now = time.perf_counter()
                 writer.add_scalar("charts/SPS", (self.step - sps_step) / (now - sps_clock), self.step)
                 sps_clock, sps_step = now, self.step
+            paused = False
             if crossed(prev_step, self.step, n.eval_every) and self.step < n.total:
                 result = self._evaluate(writer, cfg.eval.episodes)
                 bar.set_postfix(success=f"{result.mean_success_rate:.2f}")
+                paused = True
             if self.videos is not None and crossed(prev_step, self.step, cfg.video.every):
                 self._check_finite()
                 self.videos(self.agent, self.step)
+                paused = True
             if crossed(prev_step, self.step, n.checkpoint_every) and self.step < n.total:
                 self.save()
+                paused = True
+            if paused:  # the bar's rate (and ETA) counts training steps only, not this pause
+                bar.unpause()
+                eta.pause_ended()
         bar.close()
+
+    def _evaluations_left(self, step: int) -> tuple[int, float]:
+        """The evaluations after ``step`` (periodic ones and the final one) and their seconds, estimated
+        from the time one vector step of acting and stepping the envs has taken so far."""
+        n, e = self.lengths, self.cfg.eval
+        periodic = max(0, (n.total - 1) // n.eval_every - step // n.eval_every)
+        vector_steps = max(1, self.step // self.num_tasks)
+        per_step = (self.timing["env"] + self.timing["act"]) / vector_steps
+        episode = self.cfg.benchmark.max_episode_steps * per_step
+        return periodic + 1, episode * (periodic * e.episodes + e.final_episodes)
+
+    def _write_above_bar(self, line: str) -> None:
+        """Print a line of its own above the progress bar (not onto the bar's line)."""
+        with tqdm.external_write_mode():
+            self.out(line)
 
     def _progress_bar(self, learning: bool, initial: int | None = None) -> tqdm:
         """The bar of one phase: warm-up (to ``warmup``) or learning (to ``total``), each with its own rate."""

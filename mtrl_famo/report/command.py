@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Sequence
 
 from mtrl_famo.atomic import write_text
 from mtrl_famo.report import ReportError
-from mtrl_famo.report.groups import group_runs
+from mtrl_famo.report.groups import group_runs, short_labels
 from mtrl_famo.report.plots import plot_heatmap, plot_learning_curves, plot_per_task_curves, save_figure
 from mtrl_famo.report.format import plot_names
 from mtrl_famo.report.runs import find_run_dirs, load_run
@@ -18,17 +19,28 @@ from mtrl_famo.report.tables import markdown, per_task_csv, runs_csv, summary_cs
 DEFAULT_OUT = "report"
 
 
-def build_report(paths: Sequence[str | Path]) -> tuple[dict[str, list[GroupSummary]], int, list[Path]]:
-    """Find, read, group and summarize the runs: ``({benchmark: [group summaries]}, runs, skipped folders)``."""
+def build_report(paths: Sequence[str | Path]) -> tuple[dict[str, list[GroupSummary]], int, list[tuple[Path, str]]]:
+    """Find, read, group and summarize the runs.
+
+    :return: ``({benchmark: [group summaries]}, runs, left out)``: the found folders left out, each
+        with why (no evaluation logged yet; a damaged file: the others are still reported).
+    """
     runs, skipped = [], []
     for run_dir in find_run_dirs(paths):
-        run = load_run(run_dir)
-        (runs.append(run) if run is not None else skipped.append(run_dir))
+        try:
+            run = load_run(run_dir)
+        except ReportError as exc:
+            skipped.append((run_dir, str(exc)))
+            continue
+        (runs.append(run) if run is not None else skipped.append((run_dir, "no evaluation logged yet")))
     if not runs:
         raise ReportError(f"no run with a logged evaluation in {', '.join(map(str, paths))} "
-                          f"(runs that have not evaluated yet: {len(skipped)})")
+                          f"(left out: {'; '.join(f'{p} ({why})' for p, why in skipped)})")
     sections = {bench: [summarize(bench, agg, members) for agg, members in by_agg.items()]
                 for bench, by_agg in group_runs(runs).items()}
+    for groups in sections.values():
+        for g, short in zip(groups, short_labels([g.name for g in groups], [g.aggregator for g in groups])):
+            g.short = short
     return sections, len(runs), skipped
 
 
@@ -38,6 +50,8 @@ def write_report(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, plo
 
     matplotlib.use("Agg")
     sections, num_runs, skipped = build_report(paths)
+    for path, why in skipped:
+        print(f"warning: left out {path}: {why}", file=sys.stderr)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {str(out)!r} is a file; give a folder")
@@ -49,10 +63,10 @@ def write_report(paths: Sequence[str | Path], out: str | Path = DEFAULT_OUT, plo
             save_figure(plot_learning_curves(bench, groups), out / names["learning_curves"])
             save_figure(plot_heatmap(bench, groups), out / names["per_task_heatmap"])
             save_figure(plot_per_task_curves(bench, groups), out / names["per_task_curves"])
-    write_text(out / "summary.csv", summary_csv(sections), readable=True)
-    write_text(out / "per_task.csv", per_task_csv(sections), readable=True)
-    write_text(out / "runs.csv", runs_csv(sections), readable=True)
-    write_text(out / "report.md", text, readable=True)
+    write_text(out / "summary.csv", summary_csv(sections))
+    write_text(out / "per_task.csv", per_task_csv(sections))
+    write_text(out / "runs.csv", runs_csv(sections))
+    write_text(out / "report.md", text)
     return text
 
 

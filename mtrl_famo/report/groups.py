@@ -81,8 +81,36 @@ def group_name(run: Run, settings: list[tuple]) -> str:
             continue
         pool = everyone if key == PROTOCOL_KEY else same_aggregator if key.startswith("aggregator.") else same_protocol
         if any(s.get(key) != own[key] for s in pool):
-            parts.append(f"{key}={json.loads(own[key])}".replace(" ", ""))
+            parts.append(f"{key}={show_value(json.loads(own[key]))}")
     return run.aggregator + (f" ({', '.join(parts)})" if parts else "")
+
+
+def show_value(value) -> str:
+    """A config value as the command line writes it: ``null``, ``true``, ``[400,400]``, ``famo``."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def short_labels(names: list[str], aggregators: list[str]) -> list[str]:
+    """Short plot labels of a benchmark's groups: the aggregator where it names one group, else the
+    aggregator and a letter in group order (``cagrad A``, ``cagrad B``); report.md keys them to the
+    full settings. :param names: the groups' full names; :param aggregators: their aggregators."""
+    labels, seen = [], {}
+    for name, agg in zip(names, aggregators):
+        if aggregators.count(agg) == 1:
+            labels.append(agg)
+        else:
+            seen[agg] = seen.get(agg, 0) + 1
+            labels.append(f"{agg} {_letters(seen[agg])}")
+    return labels
+
+
+def _letters(n: int) -> str:
+    """1 -> A, 26 -> Z, 27 -> AA."""
+    out = ""
+    while n:
+        n, r = divmod(n - 1, 26)
+        out = chr(ord("A") + r) + out
+    return out
 
 
 def _benchmark_order(bench: str) -> tuple:

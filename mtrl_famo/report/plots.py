@@ -41,7 +41,8 @@ def plot_learning_curves(bench: str, groups: list[GroupSummary]):
     import matplotlib.pyplot as plt
 
     colors = _colors(groups)
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
+    outside = len(groups) > 4  # the legend goes beside the axes, where it hides no curve
+    fig, ax = plt.subplots(figsize=(10.0 if outside else 7.5, 4.5), layout="constrained")
     k = len(groups[0].tasks)
     for g in groups:
         grid, success = curves(g.runs, g.tasks)  # [n, points, k]
@@ -60,11 +61,14 @@ def plot_learning_curves(bench: str, groups: list[GroupSummary]):
             ax.fill_between(grid, low, high, color=colors[g.name], alpha=0.2, linewidth=0)
     ax.set_xlabel("environment steps (summed over tasks)")
     ax.set_ylabel(f"success rate (mean over {k} task{'s' if k != 1 else ''})")
-    ax.set_title(f"{pretty_benchmark(bench)}: evaluation success, mean over seeds with 95% CI band")
+    fig.suptitle(f"{pretty_benchmark(bench)}: evaluation success, mean over seeds with 95% CI band")
     ax.set_ylim(-0.02, 1.02)
     ax.xaxis.set_major_formatter(_step_formatter())
     ax.grid(alpha=0.3)
-    ax.legend(title="group", loc="best", frameon=True)
+    if not outside:
+        ax.legend(title="group", loc="best", frameon=True)
+    else:
+        fig.legend(*ax.get_legend_handles_labels(), title="group", loc="outside right center", fontsize=9)
     return fig
 
 
@@ -78,7 +82,7 @@ def plot_heatmap(bench: str, groups: list[GroupSummary]):
         rows.append([g.mean for g in groups])
         labels.append("mean over tasks")
     values = np.array(rows)  # [tasks (+ mean), groups]
-    width = max(5.0, 2.8 + 1.15 * len(groups))
+    width = max(5.5, 2.8 + 1.3 * len(groups))
     height = 1.6 + 0.3 * len(labels)
     fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
     im = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
@@ -146,7 +150,7 @@ def save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     try:
-        atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"), readable=True)
+        atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     finally:
         plt.close(fig)
 

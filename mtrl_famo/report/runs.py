@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -12,6 +11,7 @@ import yaml
 
 from mtrl_famo.report import ReportError
 from mtrl_famo.run_files import CONFIG_FILE, EVALS_FILE, RESULTS_FILE
+from mtrl_famo.run_records import RunFileError, read_json, read_jsonl
 
 
 @dataclass
@@ -60,12 +60,13 @@ def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
                               f"or folders that contain them")
         if p.is_file():
             raise ReportError(f"{str(p)!r} is a file; give run folders or folders that contain them")
-        here = sorted(c.parent for c in p.rglob(CONFIG_FILE) if (c.parent / EVALS_FILE).is_file())
-        if (p / CONFIG_FILE).is_file() and (p / EVALS_FILE).is_file():
+        # Every run folder, also those with no evaluation yet (build_report names them as left out);
+        # not Hydra's own record of a sweep job (<job>/.hydra/config.yaml).
+        here = sorted(c.parent for c in p.rglob(CONFIG_FILE) if ".hydra" not in c.relative_to(p).parts)
+        if (p / CONFIG_FILE).is_file():
             here.insert(0, p)
-        if not here:
-            started = (p / CONFIG_FILE).is_file() or any(p.rglob(CONFIG_FILE))
-            hint = " (a run there has not logged an evaluation yet)" if started else ""
+        if not any((d / EVALS_FILE).is_file() for d in here):
+            hint = " (a run there has not logged an evaluation yet)" if here else ""
             raise ReportError(f"no mtrl-famo run (a folder with {CONFIG_FILE} and {EVALS_FILE}) in "
                               f"{str(p)!r}{hint}")
         for run_dir in here:
@@ -78,14 +79,20 @@ def load_run(path: Path) -> Run | None:
 
     :raises ReportError: if a file of the run cannot be parsed.
     """
+    if not (path / EVALS_FILE).is_file():
+        return None
     try:
         config = yaml.safe_load((path / CONFIG_FILE).read_text()) or {}
-        evals = [json.loads(line) for line in (path / EVALS_FILE).read_text().splitlines() if line.strip()]
+        evals = read_jsonl(path / EVALS_FILE)
         results_file = path / RESULTS_FILE
-        results = json.loads(results_file.read_text()) if results_file.is_file() else None
+        results = read_json(results_file) if results_file.is_file() else None
+    except RunFileError as exc:
+        raise ReportError(str(exc)) from None
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise ReportError(f"cannot read the run in {str(path)!r}: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if not isinstance(config, dict):
+        raise ReportError(f"{path / CONFIG_FILE} is not a mtrl-famo run config")
     if not evals:
         return None
     evals.sort(key=lambda e: e["step"])

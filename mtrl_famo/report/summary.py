@@ -29,12 +29,13 @@ class GroupSummary:
     iqm_ci: tuple[float, float]
     task_ci: tuple[np.ndarray, np.ndarray]
     notes: list[str] = field(default_factory=list)
+    short: str = ""  # the plots' label: the aggregator, or aggregator and letter (groups.short_labels)
 
     @property
     def label(self) -> str:
+        """The group in plots: its short label and seeds, ``cagrad A (3 seeds)``."""
         n = len(self.runs)
-        return f"{self.name}, {n} seed{'s' if n != 1 else ''}" if "(" in self.name \
-            else f"{self.name} ({n} seed{'s' if n != 1 else ''})"
+        return f"{self.short or self.name} ({n} seed{'s' if n != 1 else ''})"
 
     @property
     def settings(self) -> str:

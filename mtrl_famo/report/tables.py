@@ -25,7 +25,7 @@ def _md_table(header: list[str], rows: list[list[str]], align: list[str]) -> lis
     return [line(header), sep, *map(line, rows)]
 
 
-def markdown(sections: dict[str, list[GroupSummary]], num_runs: int, skipped: list[Path],
+def markdown(sections: dict[str, list[GroupSummary]], num_runs: int, skipped: list[tuple[Path, str]],
              with_plots: bool = True) -> str:
     finished = sum(r.finished for s in sections.values() for g in s for r in g.runs)
     lines = ["# mtrl-famo report", "",
@@ -35,25 +35,26 @@ def markdown(sections: dict[str, list[GroupSummary]], num_runs: int, skipped: li
              f"and seeds; IQM: interquartile mean over seeds x tasks; [95% CI]: stratified percentile "
              f"bootstrap over seeds (shown from 2 seeds on)."]
     if skipped:
-        lines += ["", f"Skipped (no evaluation logged yet): {', '.join(str(p) for p in skipped)}"]
+        lines += ["", "Left out:", ""] + [f"- `{p}`: {why}" for p, why in skipped]
     for bench, groups in sections.items():
         k = len(groups[0].tasks)
         lines += ["", f"## {pretty_benchmark(bench)} ({k} task{'s' if k != 1 else ''})", ""]
         rows = []
         for g in groups:
             lo, hi = g.steps
-            rows.append([g.name, g.protocol, str(len(g.runs)), fmt_steps(lo) if lo == hi else
-                         f"{fmt_steps(lo)}-{fmt_steps(hi)}", g.episodes, fmt_ci(g.mean, g.mean_ci),
-                         fmt_ci(g.iqm, g.iqm_ci), g.status])
-        lines += _md_table(["group", "protocol", "seeds", "step", "episodes", "mean success [95% CI]",
-                            "IQM [95% CI]", "status"], rows, ["l", "l", "r", "r", "r", "l", "l", "l"])
+            rows.append([g.short or g.name, g.settings or "-", g.protocol, str(len(g.runs)),
+                         fmt_steps(lo) if lo == hi else f"{fmt_steps(lo)}-{fmt_steps(hi)}", g.episodes,
+                         fmt_ci(g.mean, g.mean_ci), fmt_ci(g.iqm, g.iqm_ci), g.status])
+        # The group column is the plots' label; settings: what sets the group apart (the legend's key).
+        lines += _md_table(["group", "settings", "protocol", "seeds", "step", "episodes", "mean success [95% CI]",
+                            "IQM [95% CI]", "status"], rows, ["l", "l", "l", "r", "r", "r", "l", "l", "l"])
         notes = [n for g in groups for n in g.notes]
         if notes:
             lines += [""] + [f"Note: {n}." for n in notes]
         lines += ["", "Per-task success (mean over seeds):", ""]
         task_rows = [[t] + [f"{g.scores[:, j].mean():.2f}" for g in groups] for j, t in enumerate(groups[0].tasks)]
         task_rows.append(["**mean**"] + [f"**{g.mean:.2f}**" for g in groups])
-        lines += _md_table(["task"] + [g.name for g in groups], task_rows, ["l"] + ["r"] * len(groups))
+        lines += _md_table(["task"] + [g.short or g.name for g in groups], task_rows, ["l"] + ["r"] * len(groups))
         if with_plots:
             names = plot_names(bench)
             lines += ["", f"![{pretty_benchmark(bench)} learning curves]({names['learning_curves']})",

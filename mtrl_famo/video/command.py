@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from mtrl_famo.config import VideoConfig
+from mtrl_famo.config import MAX_FRAME_SIDE, VideoConfig
 from mtrl_famo.video import VIDEOS_DIR, VideoError
 from mtrl_famo.video.encode import FORMATS, FPS, resolve_format
 from mtrl_famo.video.gl import choose_gl_backend
@@ -31,7 +31,7 @@ success or after benchmark.max_episode_steps steps; it gives steps + 1 frames.
   device    cpu (default), cuda, cuda:N or auto
   seed      seed of the first episode's reset, +1 per episode (default: the run's seed)
   camera    Meta-World camera: corner (default), corner2, corner3, corner4, topview, behindGripper, gripperPOV
-  width, height   frame size in pixels (default 480 x 480)
+  width, height   frame size in pixels (default 480 x 480, at most {MAX_FRAME_SIDE})
   fps       frames per second of the file (default {FPS}; Meta-World runs at 80 steps per second)
   format    auto (MP4 when an ffmpeg encoder is present, else GIF), mp4 or gif
 
@@ -65,6 +65,8 @@ def parse_args(args: Sequence[str]) -> dict:
             low = 0 if key == "seed" else 1
             if number < low:
                 raise VideoError(f"{key}={value!r} must be an integer >= {low}")
+            if key in ("width", "height") and number > MAX_FRAME_SIDE:
+                raise VideoError(f"{key}={number} is too large a frame; allowed: 1 to {MAX_FRAME_SIDE} pixels")
             opts[key] = number
         elif key == "task":
             names = [n.strip() for n in value.strip().strip("[]").split(",") if n.strip()]
@@ -89,10 +91,12 @@ def main(args: Sequence[str]) -> int:
         print(HELP)
         return 0
     opts = parse_args(args)
-    from mtrl_famo.runconfig import load_checkpointed_config
+    from mtrl_famo.runconfig import check_run_dir, load_checkpointed_config
 
     run_dir = Path(opts["run_dir"])
     cfg = load_checkpointed_config(run_dir)
+    out = Path(opts["out"]) if opts["out"] else run_dir / VIDEOS_DIR
+    check_run_dir(out, key="out")  # before any rendering: a file there would fail only at the first write
     fmt = resolve_format(opts["format"])
     choose_gl_backend()  # before `import mujoco`, which reads MUJOCO_GL: fail fast with one line
     from mtrl_famo.envs import benchmark_task_names
@@ -113,7 +117,6 @@ def main(args: Sequence[str]) -> int:
         raise VideoError(str(exc)) from None
     cfg.run_dir = str(run_dir)  # the folder it is in now, not where it was trained
     agent, step = load_agent(cfg, obs_dim, act_dim, task_names, device)
-    out = Path(opts["out"]) if opts["out"] else run_dir / VIDEOS_DIR
     print(f"rendering {len(tasks)} task{'s' if len(tasks) != 1 else ''} x {opts['episodes']} episode"
           f"{'s' if opts['episodes'] != 1 else ''} of {run_dir} (step {step:,}) with MUJOCO_GL="
           f"{os.environ.get('MUJOCO_GL')}")

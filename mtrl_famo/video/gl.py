@@ -18,6 +18,7 @@ _PROBE = ("import warnings, mujoco; warnings.simplefilter('error'); "
           "c = mujoco.GLContext(16, 16); c.make_current(); c.free()")
 _chosen_backend: str | None = None
 _user_failure: tuple[str, str] | None = None  # (MUJOCO_GL set by the user, why it cannot render)
+_FAILURE_ENV = "MTRL_FAMO_MUJOCO_GL_FAILURE"  # _user_failure handed to child processes: "backend<TAB>reason"
 
 
 def probe_backend(backend: str) -> str | None:
@@ -46,6 +47,10 @@ def guard_user_backend() -> None:
     failure if the command then asks for rendering. Costs one probe, only when ``MUJOCO_GL`` is set.
     """
     global _user_failure
+    inherited = os.environ.get(_FAILURE_ENV)
+    if _user_failure is None and inherited:  # a sweep's worker process: its parent probed already
+        user, _, reason = inherited.partition("\t")
+        _user_failure = (user, reason)
     user = os.environ.get("MUJOCO_GL", "").strip().lower()
     if not user or user in ("disable", "disabled", "off", "false", "0"):
         return
@@ -53,6 +58,9 @@ def guard_user_backend() -> None:
     if reason is not None:
         _user_failure = (user, reason)
         os.environ["MUJOCO_GL"] = "disable"
+        # Worker processes (a sweep's joblib workers) inherit both: they render nothing either, and
+        # a video asked for there reports the user's MUJOCO_GL, not "disable".
+        os.environ[_FAILURE_ENV] = f"{user}\t{reason}"
 
 
 def choose_gl_backend() -> str:
