@@ -210,10 +210,10 @@ def test_pcgrad_shared_order_is_meta_world_plus():
     torch.manual_seed(0)
     G = torch.randn(5, 9, dtype=torch.float64)
     agg = make_aggregator("pcgrad", num_tasks=5, seed=3, order="shared")
-    (order,) = agg.graph_inputs(torch.device("cpu"))
+    (order,) = agg.draws(torch.device("cpu"))
     assert order.shape == (5, 5) and torch.all(order == order[0]) and sorted(order[0].tolist()) == list(range(5))
-    torch.testing.assert_close(agg.combine_with(G, order), _pcgrad_shared_reference(G, order[0].tolist()))
-    (per_task,) = make_aggregator("pcgrad", num_tasks=5, seed=3).graph_inputs(torch.device("cpu"))
+    torch.testing.assert_close(agg.combine_fn({}, G, order)[0], _pcgrad_shared_reference(G, order[0].tolist()))
+    (per_task,) = make_aggregator("pcgrad", num_tasks=5, seed=3).draws(torch.device("cpu"))
     assert per_task.shape == (5, 4)
 
 
