@@ -1,0 +1,178 @@
+"""agent.network: FiLM, CARE and MOORE (Meta-World+ reference, rainx0r/metaworld-algorithms@b025cdb): parameter
+counts, reference initialisation, each one's defining property, per-task gradients through them against the
+k-pass reference and under vmap over members, and a short real MT10 training of each from the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.func import functional_call, stack_module_state
+
+from conftest import TINY, assert_usage_error, run_cli
+from mtrl_famo.aggregators.per_task_grads import per_task_gradients, per_task_gradients_loop
+from mtrl_famo.config import AgentConfig
+from mtrl_famo.networks import Actor, TwinQ, network_options
+from mtrl_famo.networks.moore import gram_schmidt
+from mtrl_famo.sac import actor_loss_fn, critic_loss_fn
+
+OBS = 39  # Meta-World's observation width before the task one-hot
+ACT = 4
+NETWORKS = ("film", "care", "moore")
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def build(network: str, k: int, hidden=(400, 400, 400), **options):
+    cfg = AgentConfig(network=network, init="reference", **options)
+    kw = dict(num_tasks=k, network=network, network_options=network_options(cfg, k), init="reference")
+    return Actor(OBS + k, ACT, list(hidden), log_std_mode="clip", **kw), TwinQ(OBS + k, ACT, list(hidden), **kw)
+
+
+# Counted from the reference's modules and config defaults (b025cdb config/nn.py, width 400 depth 3;
+# examples/multi_task/moore_mt10.py uses MOOREConfig's defaults), Linear(i, o) = i*o + o; the actor's
+# input is 39 features -> 2*4 outputs, each of the 2 critics' is 4 + 39 features -> 1 (rl/networks.py:222).
+# FiLM (nn/film.py): Embed k*50 + gamma/beta MLP 50-50-50-6 + encoder 39|43-50-50-50 + torso 100-400-400-400-o.
+# CARE (nn/care.py): Embed k*50 + context MLP 50-50-50-50 + attention MLP 50-50-50-E + E expert MLPs
+#   39|43-50-50-50 + torso 100-400-400-400-o; E = 6 on MT10, 10 on MT50 (config/nn.py:127-129).
+# MOORE (nn/moore.py): task Dense k*E (no bias) + E experts 39|43-400-400-400 + k heads 400-o;
+#   E = 4 on MT10, 6 on MT50 (config/nn.py:152-154).
+@pytest.mark.parametrize("network, k, actor_params, critic_params", [
+    ("film", 10, 377_414, 749_614), ("film", 50, 379_414, 753_614),
+    ("care", 10, 420_564, 837_914), ("care", 50, 451_168, 900_722),
+    ("moore", 10, 1_379_320, 2_715_300), ("moore", 50, 2_181_500, 4_101_500),
+])
+def test_parameter_counts_match_the_reference(network, k, actor_params, critic_params):
+    actor, critic = build(network, k)
+    assert (n_params(actor), n_params(critic)) == (actor_params, critic_params)
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_reference_initialisation(network):
+    torch.manual_seed(0)
+    actor, critic = build(network, 10, hidden=(64, 64))
+    for module, bound in ((actor, 1e-3), (critic.q1, 3e-3)):
+        head = module.net.head.linear if network == "moore" and module is actor else \
+            module.head.linear if network == "moore" else (module.net if module is actor else module).torso[-1]
+        assert 0.5 * bound < head.weight.abs().max() <= bound and head.bias.abs().max() <= bound
+        hidden = [(n, p) for n, p in module.named_parameters() if "head" not in n and "torso.4" not in n]
+        for name, p in hidden:  # He-uniform weights within sqrt(6 / fan_in), zero biases
+            if name.endswith("bias"):
+                assert p.abs().max() == 0, name
+            elif "embedding" not in name:
+                fan_in = p.shape[-2] if "experts" in name or name.endswith("task_weights") else p.shape[-1]
+                assert p.abs().max() <= (6 / fan_in) ** 0.5, name
+
+
+def _onehot_obs(k: int, b: int, g: torch.Generator) -> torch.Tensor:
+    """``[k, b, OBS + k]`` random observations, row block i ending in task i's one-hot."""
+    return torch.cat([torch.rand(k, b, OBS, generator=g) * 2 - 1, torch.eye(k)[:, None].expand(k, b, k)], -1)
+
+
+def test_film_scale_and_shift_depend_on_the_task_alone():
+    torch.manual_seed(0)
+    actor, _ = build("film", 5, hidden=(32,))
+    film, seen = actor.net, []
+    film.conditioning.register_forward_hook(lambda m, i, out: seen.append(out.detach()))
+    g = torch.Generator().manual_seed(1)
+    obs_a, obs_b = _onehot_obs(5, 7, g), _onehot_obs(5, 7, g)  # same tasks, other observations
+    out_a, out_b = actor(obs_a)[0], actor(obs_b)[0]
+    assert not torch.allclose(out_a, out_b)
+    torch.testing.assert_close(seen[0], seen[1], rtol=0, atol=0)  # [k, b, 2 (depth + 1)]
+    torch.testing.assert_close(seen[0], seen[0][:, :1].expand_as(seen[0]))  # one value per task, on all its rows
+    assert torch.cdist(seen[0][:, 0], seen[0][:, 0]).triu(1).gt(0).sum() == 5 * 4 // 2  # tasks differ
+    # and FiLM applies them: zero scales and shifts make the encoder's output zero
+    encoder_out = []
+    film.torso.register_forward_hook(lambda m, i, out: encoder_out.append(i[0][..., :50].detach()))
+    film.conditioning[-1].bias.data.zero_(), film.conditioning[-1].weight.data.zero_()
+    actor(obs_a)
+    assert encoder_out[-1].abs().max() == 0
+
+
+def test_care_attention_weights_sum_to_one_per_task():
+    torch.manual_seed(0)
+    actor, _ = build("care", 10, hidden=(32,))
+    onehot = torch.eye(10)[torch.randint(0, 10, (64,))]
+    _, attention = actor.net.context_and_attention(onehot)  # [64, 6]
+    assert attention.shape == (64, 6) and (attention > 0).all()
+    torch.testing.assert_close(attention.sum(-1), torch.ones(64))
+    _, per_task = actor.net.context_and_attention(torch.eye(10))
+    torch.testing.assert_close(attention, onehot @ per_task)  # a function of the task alone
+    assert per_task.std(0).max() > 0  # not the same for every task
+
+
+def test_moore_expert_representations_are_orthonormal_per_sample():
+    torch.manual_seed(0)
+    actor, critic = build("moore", 10, hidden=(64, 64))
+    x = torch.randn(3, 20, OBS)
+    reps = actor.net.expert_representations(x)  # [3, 20, 4, 64]
+    assert reps.shape == (3, 20, 4, 64)
+    torch.testing.assert_close(reps @ reps.transpose(-1, -2), torch.eye(4).expand(3, 20, 4, 4), atol=1e-5, rtol=0)
+    raw = actor.net.experts(x)
+    torch.testing.assert_close(gram_schmidt(raw), reps)
+    # the first direction is the first expert's, normalised; together they span the raw outputs
+    torch.testing.assert_close(reps[..., 0, :], torch.nn.functional.normalize(raw[..., 0, :], dim=-1))
+    torch.testing.assert_close((raw @ reps.transpose(-1, -2)) @ reps, raw, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_per_task_gradients_equal_the_k_pass_reference_and_vmap_over_members(network):
+    k, b = 4, 6
+    torch.manual_seed(0)
+    actor, critic = build(network, k, hidden=(16, 16))
+    g = torch.Generator().manual_seed(2)
+    obs, actions = _onehot_obs(k, b, g), torch.rand(k, b, ACT, generator=g) * 2 - 1
+    noise, alpha, target = torch.randn(k, b, ACT, generator=g), torch.full((k, 1), 0.2), torch.rand(k, b, generator=g)
+    for module, loss, args, aux in [(critic, critic_loss_fn(critic, max_q_value=5.0), (obs, actions, target), False),
+                                    (actor, actor_loss_fn(actor, critic), (obs, noise, alpha), True)]:
+        one_pass = per_task_gradients(module, loss, args, return_losses=True, has_aux=aux)
+        k_pass = per_task_gradients_loop(module, loss, args, return_losses=True, has_aux=aux)
+        for x, y in zip(one_pass, k_pass):
+            if isinstance(x, torch.Tensor):
+                torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+        assert one_pass[0].abs().sum(1).gt(0).all()
+    # a population: vmap over stacked members' parameters equals each member's own forward
+    members = [build(network, k, hidden=(16, 16))[1] for _ in range(2)]
+    params, buffers = stack_module_state(members)
+    q1, q2 = torch.func.vmap(lambda p, bu: functional_call(members[0], (p, bu), (obs, actions)))(params, buffers)
+    for m, member in enumerate(members):
+        torch.testing.assert_close(q1[m], member(obs, actions)[0])
+        torch.testing.assert_close(q2[m], member(obs, actions)[1])
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+def test_each_network_trains_on_mt10_from_the_cli_then_evaluates(tmp_path, network):
+    """One gradient aggregator (PCGrad) and one loss aggregator (FAMO, on the critic) per network; then
+    ``eval`` rebuilds the network from the run's config and loads its checkpoint (and refuses another
+    network); ``report`` names the network in the groups' labels."""
+    for aggregator in ("pcgrad", "famo"):
+        run_dir = tmp_path / aggregator
+        proc = run_cli("train", *TINY, f"agent.network={network}", "agent.init=reference", "agent.encoder_width=16",
+                       "agent.embedding_dim=16", f"aggregator={aggregator}", "train.total_steps=400",
+                       "eval.every=400", f"run_dir={run_dir}")
+        assert proc.returncode == 0, proc.stderr
+        results = json.loads((run_dir / "results.json").read_text())
+        assert results["aggregator"] == aggregator and len(results["tasks"]) == 10
+    proc = run_cli("eval", f"run_dir={run_dir}", "eval.episodes=1", "device=cpu")
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "report"  # the report names the network in every group's label
+    proc = run_cli("report", str(tmp_path / "pcgrad"), str(tmp_path / "famo"), "--out", str(out), "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    table = (out / "report.md").read_text()
+    assert f"| pcgrad (agent.network={network}) " in table and f"| famo (agent.network={network}) " in table
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace(f"network: {network}", "network: mlp"))
+    proc = run_cli("eval", f"run_dir={run_dir}", "eval.episodes=1", "device=cpu")
+    assert proc.returncode != 0 and "does not fit its config.yaml" in proc.stderr
+
+
+def test_bad_network_settings_are_one_line_usage_errors():
+    assert_usage_error(run_cli("train", "agent.network=perceiver", "train.total_steps=10"),
+                       "agent.network='perceiver'; allowed: mlp, film, care, moore")
+    assert_usage_error(run_cli("train", "agent.network=moore", "train.total_steps=10"),
+                       "agent.init='torch' with agent.network=moore")
+    assert_usage_error(run_cli("train", "agent.network=care", "agent.init=reference", "agent.multi_head=true",
+                               "train.total_steps=10"), "agent.multi_head=true is for agent.network=mlp")
