@@ -176,3 +176,16 @@ def test_bad_network_settings_are_one_line_usage_errors():
                        "agent.init='torch' with agent.network=moore")
     assert_usage_error(run_cli("train", "agent.network=care", "agent.init=reference", "agent.multi_head=true",
                                "train.total_steps=10"), "agent.multi_head=true is for agent.network=mlp")
+
+
+def test_moore_mt10_preset_is_the_reference_example():
+    """experiment=moore_mt10: metaworld_plus with examples/multi_task/moore_mt10.py's settings (b025cdb)."""
+    from mtrl_famo.runconfig import compose_config
+    from mtrl_famo.sac import MTSAC
+
+    cfg = compose_config(["experiment=moore_mt10"])
+    ag = cfg.agent
+    assert (cfg.protocol.name, ag.network, ag.alpha_lr, ag.actor_lr, ag.critic_lr, ag.log_std_min, ag.log_std_max,
+            ag.grad_clip, ag.init) == ("metaworld_plus", "moore", 1e-4, 3e-4, 3e-4, -10.0, 2.0, 1.0, "reference")
+    agent = MTSAC(OBS + 10, ACT, 10, ag, cfg.aggregator)
+    assert (n_params(agent.actor), n_params(agent.critic)) == (1_379_320, 2_715_300)
