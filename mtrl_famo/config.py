@@ -48,7 +48,7 @@ FAMO_SCALINGS = ("paper", "released")
 #: ``agent.init`` and ``agent.log_std_mode`` values (``networks`` builds and checks them too).
 INIT_SCHEMES = ("torch", "reference", "orthogonal", "xavier")
 #: ``agent.network``: the actor's and critics' network (``networks.registry`` builds them).
-NETWORK_NAMES = ("mlp", "film", "care", "moore")
+NETWORK_NAMES = ("mlp", "film", "care", "moore", "soft_modules")
 LOG_STD_MODES = ("tanh", "clip")
 #: Highest ``benchmark.max_episode_steps``: Meta-World's ``max_path_length``; the env raises past it.
 METAWORLD_MAX_EPISODE_STEPS = 500
@@ -275,16 +275,24 @@ class AgentConfig:
     alpha_loss_form: str = doc("log_alpha", "log_alpha: -log_alpha * (log_pi + target_entropy) (Meta-World+ "
                                             "mtsac.py:438) or alpha: alpha * (-log_pi - target_entropy) "
                                             "(mtrl sac.py:417-420)")
-    network: str = doc("mlp", "actor and critic network: mlp (shared, or agent.multi_head), film (FiLM), care (CARE) "
-                              "or moore (MOORE), as rainx0r/metaworld-algorithms@b025cdb nn/{film,care,moore}.py; "
-                              "film/care/moore take the reference's init (agent.init=reference) and agent.hidden_sizes "
-                              "as their torso (MOORE: its experts)")
+    network: str = doc("mlp", "actor and critic network: mlp (shared, or agent.multi_head), film (FiLM), care (CARE), "
+                              "moore (MOORE) or soft_modules, as rainx0r/metaworld-algorithms@b025cdb "
+                              "nn/{film,care,moore,soft_modules}.py; all but mlp take the reference's init "
+                              "(agent.init=reference); film/care/moore take agent.hidden_sizes as their torso "
+                              "(MOORE: its experts), soft_modules its own sizes")
     num_experts: Optional[int] = doc(None, "moore/care experts; null = the reference's per benchmark: MOORE 4 on MT10, "
                                            "6 on MT50 (b025cdb config/nn.py:152-154), CARE 6 and 10 (config/nn.py:127-129)")
-    embedding_dim: int = doc(50, "film/care task embedding and encoder output width (b025cdb config/nn.py:124,143)")
+    embedding_dim: Optional[int] = doc(None, "task/observation embedding width; null = the reference's: 50 for film/care "
+                                             "(b025cdb config/nn.py:124,143), 400 for soft_modules (config/nn.py:97)")
     encoder_width: int = doc(50, "film/care context-encoder width (b025cdb config/nn.py:115,137)")
     encoder_depth: int = doc(2, "film/care context-encoder hidden layers (b025cdb config/nn.py:118,140)")
     encoder_temperature: float = doc(1.0, "care attention softmax temperature (b025cdb config/nn.py:121)")
+    num_modules: Optional[int] = doc(None, "soft_modules modules per layer; null = the reference's: 2 on MT10, 4 on "
+                                           "MT50 (b025cdb config/nn.py:93-95)")
+    module_layers: Optional[int] = doc(None, "soft_modules layers of modules; null = the reference's: 2 on MT10, 4 on "
+                                             "MT50 (b025cdb config/nn.py:89-91)")
+    module_width: int = doc(256, "soft_modules width of each module (b025cdb config/nn.py:86)")
+    routing_width: int = doc(256, "soft_modules routing network width (b025cdb config/nn.py:83)")
     clip_actions: bool = doc(False, "clip sampled policy actions to +-(1 - float32 eps) before the env (Meta-World+ "
                                     "nn/distributions.py:20-27 at b025cdb)")
 
@@ -491,8 +499,11 @@ def validate(cfg: Config) -> Config:
                                     f"its own task heads); allowed: agent.multi_head=false")
         _require(ag.init == "reference", f"agent.init={ag.init!r} with agent.network={ag.network}: it is built with "
                                          f"the Meta-World+ reference's initialisation; allowed: agent.init=reference")
-        for key in ("embedding_dim", "encoder_width"):
+        for key in ("encoder_width", "module_width", "routing_width"):
             _require(getattr(ag, key) > 0, f"agent.{key}={getattr(ag, key)} must be > 0")
+        for key in ("embedding_dim", "num_modules", "module_layers"):
+            _require(getattr(ag, key) is None or getattr(ag, key) > 0,
+                     f"agent.{key}={getattr(ag, key)} must be > 0, or null for the reference's value")
         _require(ag.encoder_depth >= 0, f"agent.encoder_depth={ag.encoder_depth} must be >= 0")
         _require(ag.num_experts is None or ag.num_experts > 0,
                  f"agent.num_experts={ag.num_experts} must be > 0, or null for the reference's per-benchmark value")

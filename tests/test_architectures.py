@@ -1,4 +1,4 @@
-"""agent.network: FiLM, CARE and MOORE (Meta-World+ reference, rainx0r/metaworld-algorithms@b025cdb): parameter
+"""agent.network: FiLM, CARE, MOORE and Soft Modules (Meta-World+ reference, rainx0r/metaworld-algorithms@b025cdb): parameter
 counts, reference initialisation, each one's defining property, per-task gradients through them against the
 k-pass reference and under vmap over members, and a short real MT10 training of each from the CLI."""
 
@@ -19,7 +19,7 @@ from mtrl_famo.sac import actor_loss_fn, critic_loss_fn
 
 OBS = 39  # Meta-World's observation width before the task one-hot
 ACT = 4
-NETWORKS = ("film", "care", "moore")
+NETWORKS = ("film", "care", "moore", "soft_modules")
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -40,31 +40,44 @@ def build(network: str, k: int, hidden=(400, 400, 400), **options):
 #   39|43-50-50-50 + torso 100-400-400-400-o; E = 6 on MT10, 10 on MT50 (config/nn.py:127-129).
 # MOORE (nn/moore.py): task Dense k*E (no bias) + E experts 39|43-400-400-400 + k heads 400-o;
 #   E = 4 on MT10, 6 on MT50 (config/nn.py:152-154).
+# Soft Modules (nn/soft_modules.py, softmodules_mt10.py: SoftModulesConfig defaults; n modules x L layers,
+#   2x2 on MT10, 4x4 on MT50, config/nn.py:89-95): f 39|43-400-400 + z k-400 + task fc 400-256-256 + routing
+#   W_u (l n^2)-256 for l = 1..L-1 and W_d 256-n^2 (256-n last) + modules n x 400-256, (L-1) n x 256-256 + head 256-o.
 @pytest.mark.parametrize("network, k, actor_params, critic_params", [
     ("film", 10, 377_414, 749_614), ("film", 50, 379_414, 753_614),
     ("care", 10, 420_564, 837_914), ("care", 50, 451_168, 900_722),
     ("moore", 10, 1_379_320, 2_715_300), ("moore", 50, 2_181_500, 4_101_500),
+    ("soft_modules", 10, 691_022, 1_381_646), ("soft_modules", 50, 1_606_140, 3_211_882),
 ])
 def test_parameter_counts_match_the_reference(network, k, actor_params, critic_params):
     actor, critic = build(network, k)
     assert (n_params(actor), n_params(critic)) == (actor_params, critic_params)
 
 
+def _output_layer(net: torch.nn.Module) -> torch.nn.Linear:
+    return {"MOORENetwork": lambda: net.head.linear, "SoftModulesNetwork": lambda: net.output_head}.get(
+        type(net).__name__, lambda: net.torso[-1])()
+
+
 @pytest.mark.parametrize("network", NETWORKS)
 def test_reference_initialisation(network):
     torch.manual_seed(0)
     actor, critic = build(network, 10, hidden=(64, 64))
-    for module, bound in ((actor, 1e-3), (critic.q1, 3e-3)):
-        head = module.net.head.linear if network == "moore" and module is actor else \
-            module.head.linear if network == "moore" else (module.net if module is actor else module).torso[-1]
+    for net, bound in ((actor.net, 1e-3), (critic.q1, 3e-3)):
+        head = _output_layer(net)
         assert 0.5 * bound < head.weight.abs().max() <= bound and head.bias.abs().max() <= bound
-        hidden = [(n, p) for n, p in module.named_parameters() if "head" not in n and "torso.4" not in n]
-        for name, p in hidden:  # He-uniform weights within sqrt(6 / fan_in), zero biases
+        small = {id(head.weight), id(head.bias)} | {id(p) for n, p in net.named_parameters() if "prob_output" in n}
+        for name, p in net.named_parameters():  # He-uniform weights within sqrt(6 / fan_in), zero biases
+            if id(p) in small or "embedding.weight" in name:
+                continue
             if name.endswith("bias"):
                 assert p.abs().max() == 0, name
-            elif "embedding" not in name:
-                fan_in = p.shape[-2] if "experts" in name or name.endswith("task_weights") else p.shape[-1]
-                assert p.abs().max() <= (6 / fan_in) ** 0.5, name
+            else:
+                fan_in = p.shape[-2] if p.dim() == 3 or name.endswith("task_weights") else p.shape[-1]
+                assert 0.5 * (6 / fan_in) ** 0.5 < p.abs().max() <= (6 / fan_in) ** 0.5, name
+    if network == "soft_modules":  # the routing's output layers: U(-1e-3, 1e-3) kernel, zero bias
+        for layer in actor.net.prob_output:
+            assert layer.weight.abs().max() <= 1e-3 and layer.bias.abs().max() == 0
 
 
 def _onehot_obs(k: int, b: int, g: torch.Generator) -> torch.Tensor:
@@ -118,6 +131,25 @@ def test_moore_expert_representations_are_orthonormal_per_sample():
     torch.testing.assert_close((raw @ reps.transpose(-1, -2)) @ reps, raw, atol=1e-4, rtol=1e-4)
 
 
+def test_soft_modules_routing_weights_are_distributions_over_the_previous_layers_modules():
+    torch.manual_seed(0)
+    actor, _ = build("soft_modules", 50, module_width=32, routing_width=32, embedding_dim=32)  # 4 x 4 modules
+    g = torch.Generator().manual_seed(3)
+    x, onehot = torch.rand(64, OBS, generator=g), torch.eye(50)[torch.randint(0, 50, (64,), generator=g)]
+    probs = actor.net.routing(actor.net.embeddings(x, onehot)[1])
+    assert [tuple(p.shape) for p in probs] == [(64, 4, 4)] * 3 + [(64, 4)]
+    for p in probs:
+        assert (p >= 0).all()
+        torch.testing.assert_close(p.sum(-1), torch.ones(p.shape[:-1]))
+    other_task = actor.net.routing(actor.net.embeddings(x, onehot.roll(1, dims=0))[1])  # same observations
+    assert all(not torch.allclose(a, b) for a, b in zip(probs, other_task))
+    # the forward uses them: uniform routing (W_d = 0) changes the output
+    before = actor.net(x, onehot)
+    for layer in actor.net.prob_output:
+        layer.weight.data.zero_()
+    assert not torch.allclose(before, actor.net(x, onehot))
+
+
 @pytest.mark.parametrize("network", NETWORKS)
 def test_per_task_gradients_equal_the_k_pass_reference_and_vmap_over_members(network):
     k, b = 4, 6
@@ -151,7 +183,8 @@ def test_each_network_trains_on_mt10_from_the_cli_then_evaluates(tmp_path, netwo
     for aggregator in ("pcgrad", "famo"):
         run_dir = tmp_path / aggregator
         proc = run_cli("train", *TINY, f"agent.network={network}", "agent.init=reference", "agent.encoder_width=16",
-                       "agent.embedding_dim=16", f"aggregator={aggregator}", "train.total_steps=400",
+                       "agent.embedding_dim=16", "agent.module_width=16", "agent.routing_width=16",
+                       f"aggregator={aggregator}", "train.total_steps=400",
                        "eval.every=400", f"run_dir={run_dir}")
         assert proc.returncode == 0, proc.stderr
         results = json.loads((run_dir / "results.json").read_text())
@@ -174,7 +207,7 @@ def test_each_network_trains_on_mt10_from_the_cli_then_evaluates(tmp_path, netwo
 
 def test_bad_network_settings_are_one_line_usage_errors():
     assert_usage_error(run_cli("train", "agent.network=perceiver", "train.total_steps=10"),
-                       "agent.network='perceiver'; allowed: mlp, film, care, moore")
+                       "agent.network='perceiver'; allowed: mlp, film, care, moore, soft_modules")
     assert_usage_error(run_cli("train", "agent.network=moore", "train.total_steps=10"),
                        "agent.init='torch' with agent.network=moore")
     assert_usage_error(run_cli("train", "agent.network=care", "agent.init=reference", "agent.multi_head=true",
