@@ -48,7 +48,7 @@ FAMO_SCALINGS = ("paper", "released")
 #: ``agent.init`` and ``agent.log_std_mode`` values (``networks`` builds and checks them too).
 INIT_SCHEMES = ("torch", "reference", "orthogonal", "xavier")
 #: ``agent.network``: the actor's and critics' network (``networks.registry`` builds them).
-NETWORK_NAMES = ("mlp", "film", "care", "moore", "soft_modules")
+NETWORK_NAMES = ("mlp", "film", "care", "moore", "soft_modules", "paco")
 LOG_STD_MODES = ("tanh", "clip")
 #: Highest ``benchmark.max_episode_steps``: Meta-World's ``max_path_length``; the env raises past it.
 METAWORLD_MAX_EPISODE_STEPS = 500
@@ -276,10 +276,10 @@ class AgentConfig:
                                             "mtsac.py:438) or alpha: alpha * (-log_pi - target_entropy) "
                                             "(mtrl sac.py:417-420)")
     network: str = doc("mlp", "actor and critic network: mlp (shared, or agent.multi_head), film (FiLM), care (CARE), "
-                              "moore (MOORE) or soft_modules, as rainx0r/metaworld-algorithms@b025cdb "
-                              "nn/{film,care,moore,soft_modules}.py; all but mlp take the reference's init "
-                              "(agent.init=reference); film/care/moore take agent.hidden_sizes as their torso "
-                              "(MOORE: its experts), soft_modules its own sizes")
+                              "moore (MOORE), soft_modules or paco (PaCo), as rainx0r/metaworld-algorithms@b025cdb "
+                              "nn/{film,care,moore,soft_modules,paco}.py; all but mlp take the reference's init "
+                              "(agent.init=reference); film/care/moore/paco take agent.hidden_sizes as their torso "
+                              "(MOORE: its experts; PaCo: each layer's widths), soft_modules its own sizes")
     num_experts: Optional[int] = doc(None, "moore/care experts; null = the reference's per benchmark: MOORE 4 on MT10, "
                                            "6 on MT50 (b025cdb config/nn.py:152-154), CARE 6 and 10 (config/nn.py:127-129)")
     embedding_dim: Optional[int] = doc(None, "task/observation embedding width; null = the reference's: 50 for film/care "
@@ -291,6 +291,9 @@ class AgentConfig:
                                            "MT50 (b025cdb config/nn.py:93-95)")
     module_layers: Optional[int] = doc(None, "soft_modules layers of modules; null = the reference's: 2 on MT10, 4 on "
                                              "MT50 (b025cdb config/nn.py:89-91)")
+    num_parameter_sets: Optional[int] = doc(None, "paco parameter sets per layer; null = the reference's: 5 on MT10 "
+                                                  "(b025cdb config/nn.py:106), 20 on MT50 (examples/multi_task/"
+                                                  "paco_mt10.py:39-50, an MT50 run despite its name)")
     module_width: int = doc(256, "soft_modules width of each module (b025cdb config/nn.py:86)")
     routing_width: int = doc(256, "soft_modules routing network width (b025cdb config/nn.py:83)")
     clip_actions: bool = doc(False, "clip sampled policy actions to +-(1 - float32 eps) before the env (Meta-World+ "
@@ -501,7 +504,7 @@ def validate(cfg: Config) -> Config:
                                          f"the Meta-World+ reference's initialisation; allowed: agent.init=reference")
         for key in ("encoder_width", "module_width", "routing_width"):
             _require(getattr(ag, key) > 0, f"agent.{key}={getattr(ag, key)} must be > 0")
-        for key in ("embedding_dim", "num_modules", "module_layers"):
+        for key in ("embedding_dim", "num_modules", "module_layers", "num_parameter_sets"):
             _require(getattr(ag, key) is None or getattr(ag, key) > 0,
                      f"agent.{key}={getattr(ag, key)} must be > 0, or null for the reference's value")
         _require(ag.encoder_depth >= 0, f"agent.encoder_depth={ag.encoder_depth} must be >= 0")

@@ -1,4 +1,4 @@
-"""agent.network: FiLM, CARE, MOORE and Soft Modules (Meta-World+ reference, rainx0r/metaworld-algorithms@b025cdb): parameter
+"""agent.network: FiLM, CARE, MOORE, Soft Modules and PaCo (Meta-World+ reference, rainx0r/metaworld-algorithms@b025cdb): parameter
 counts, reference initialisation, each one's defining property, per-task gradients through them against the
 k-pass reference and under vmap over members, and a short real MT10 training of each from the CLI."""
 
@@ -19,7 +19,7 @@ from mtrl_famo.sac import actor_loss_fn, critic_loss_fn
 
 OBS = 39  # Meta-World's observation width before the task one-hot
 ACT = 4
-NETWORKS = ("film", "care", "moore", "soft_modules")
+NETWORKS = ("film", "care", "moore", "soft_modules", "paco")
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -43,11 +43,14 @@ def build(network: str, k: int, hidden=(400, 400, 400), **options):
 # Soft Modules (nn/soft_modules.py, softmodules_mt10.py: SoftModulesConfig defaults; n modules x L layers,
 #   2x2 on MT10, 4x4 on MT50, config/nn.py:89-95): f 39|43-400-400 + z k-400 + task fc 400-256-256 + routing
 #   W_u (l n^2)-256 for l = 1..L-1 and W_d 256-n^2 (256-n last) + modules n x 400-256, (L-1) n x 256-256 + head 256-o.
+# PaCo (nn/paco.py): task Dense k-K (with bias) + K sets of 39|43-400-400-400-o; K = 5 on MT10 (config/nn.py:106),
+#   20 on MT50 (examples/multi_task/paco_mt10.py:39-50, an MT50 run).
 @pytest.mark.parametrize("network, k, actor_params, critic_params", [
     ("film", 10, 377_414, 749_614), ("film", 50, 379_414, 753_614),
     ("care", 10, 420_564, 837_914), ("care", 50, 451_168, 900_722),
     ("moore", 10, 1_379_320, 2_715_300), ("moore", 50, 2_181_500, 4_101_500),
     ("soft_modules", 10, 691_022, 1_381_646), ("soft_modules", 50, 1_606_140, 3_211_882),
+    ("paco", 10, 1_700_095, 3_388_120), ("paco", 50, 6_801_180, 13_554_080),
 ])
 def test_parameter_counts_match_the_reference(network, k, actor_params, critic_params):
     actor, critic = build(network, k)
@@ -55,7 +58,8 @@ def test_parameter_counts_match_the_reference(network, k, actor_params, critic_p
 
 
 def _output_layer(net: torch.nn.Module) -> torch.nn.Linear:
-    return {"MOORENetwork": lambda: net.head.linear, "SoftModulesNetwork": lambda: net.output_head}.get(
+    return {"MOORENetwork": lambda: net.head.linear, "SoftModulesNetwork": lambda: net.output_head,
+            "PaCoNetwork": lambda: net.layers[-1]}.get(
         type(net).__name__, lambda: net.torso[-1])()
 
 
@@ -150,6 +154,22 @@ def test_soft_modules_routing_weights_are_distributions_over_the_previous_layers
     assert not torch.allclose(before, actor.net(x, onehot))
 
 
+def test_paco_task_parameters_are_the_composition_of_the_shared_sets():
+    torch.manual_seed(0)
+    actor, _ = build("paco", 10, hidden=(32, 32))
+    net = actor.net
+    x = torch.randn(6, OBS)
+    for task in (0, 7):
+        onehot = torch.eye(10)[task].expand(6, 10)
+        w = net.task_weights.weight[:, task] + net.task_weights.bias  # [K]: the task's column, plus the bias
+        torch.testing.assert_close(net.composition(onehot), w.expand(6, 5))
+        h = x
+        for i, layer in enumerate(net.layers):  # a plain MLP with W_t = sum_k w_k W_k, b_t = sum_k w_k b_k
+            h = h @ torch.einsum("k,kio->io", w, layer.weight) + w @ layer.bias
+            h = torch.relu(h) if i < len(net.layers) - 1 else h
+        torch.testing.assert_close(net(x, onehot), h, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("network", NETWORKS)
 def test_per_task_gradients_equal_the_k_pass_reference_and_vmap_over_members(network):
     k, b = 4, 6
@@ -207,7 +227,7 @@ def test_each_network_trains_on_mt10_from_the_cli_then_evaluates(tmp_path, netwo
 
 def test_bad_network_settings_are_one_line_usage_errors():
     assert_usage_error(run_cli("train", "agent.network=perceiver", "train.total_steps=10"),
-                       "agent.network='perceiver'; allowed: mlp, film, care, moore, soft_modules")
+                       "agent.network='perceiver'; allowed: mlp, film, care, moore, soft_modules, paco")
     assert_usage_error(run_cli("train", "agent.network=moore", "train.total_steps=10"),
                        "agent.init='torch' with agent.network=moore")
     assert_usage_error(run_cli("train", "agent.network=care", "agent.init=reference", "agent.multi_head=true",

@@ -1,5 +1,6 @@
-"""Networks of MT-SAC: the tanh-Gaussian actor and twin Q critic (:mod:`.policy`) over one network
-per ``agent.network``: ``mlp`` (:mod:`.mlp`), ``film``, ``care``, ``moore``, ``soft_modules`` (:mod:`.registry`)."""
+"""Networks of MT-SAC: the tanh-Gaussian actor and twin Q critic (:mod:`.policy`) over one network per
+``agent.network``: ``mlp`` (:mod:`.mlp`); ``film``, ``care``, ``moore``, ``soft_modules``, ``paco``
+(:mod:`.registry`, one module each)."""
 
 from mtrl_famo.networks.mlp import MultiHeadMLP, TaskHeads, make_mlp, mlp
 from mtrl_famo.networks.policy import Actor, TwinQ, squashed_sample

@@ -16,9 +16,11 @@ from mtrl_famo.config import NETWORK_NAMES
 from mtrl_famo.networks.care import CARENetwork
 from mtrl_famo.networks.film import FiLMNetwork
 from mtrl_famo.networks.moore import MOORENetwork
+from mtrl_famo.networks.paco import PaCoNetwork
 from mtrl_famo.networks.soft_modules import SoftModulesNetwork
 
-TASK_NETWORKS = {"film": FiLMNetwork, "care": CARENetwork, "moore": MOORENetwork, "soft_modules": SoftModulesNetwork}
+TASK_NETWORKS = {"film": FiLMNetwork, "care": CARENetwork, "moore": MOORENetwork, "soft_modules": SoftModulesNetwork,
+                 "paco": PaCoNetwork}
 assert set(TASK_NETWORKS) | {"mlp"} == set(NETWORK_NAMES)
 
 #: ``agent.num_experts=null``: the reference's per-benchmark number of experts, by number of tasks
@@ -28,6 +30,9 @@ DEFAULT_NUM_EXPERTS = {"moore": 4, "care": 6}  # MOOREConfig/CAREConfig defaults
 #: Soft Modules' modules per layer and layers, by number of tasks (config/nn.py:89-95 "2 for MT10, 4 for MT50";
 #: SoftModulesConfig's defaults, 2 and 2, for any other k)
 SOFT_MODULES = {10: 2, 50: 4}
+#: ``agent.num_parameter_sets=null``: PaCo 5 (PaCoConfig default, config/nn.py:106; MT10 and any other k),
+#: 20 on MT50 (examples/multi_task/paco_mt10.py:39-50, the reference's MT50 run)
+PARAMETER_SETS = {50: 20}
 #: ``agent.embedding_dim=null``: FiLM/CARE 50 (config/nn.py:124,143), Soft Modules 400 (config/nn.py:97)
 EMBEDDING_DIM = {"film": 50, "care": 50, "soft_modules": 400}
 
@@ -39,6 +44,9 @@ def network_options(cfg: Any, num_tasks: int) -> dict[str, Any]:
         return dict(num_modules=cfg.num_modules if cfg.num_modules is not None else SOFT_MODULES.get(num_tasks, 2),
                     depth=cfg.module_layers if cfg.module_layers is not None else SOFT_MODULES.get(num_tasks, 2),
                     width=cfg.routing_width, module_width=cfg.module_width, embedding_dim=embedding_dim)
+    if cfg.network == "paco":
+        return dict(num_parameter_sets=cfg.num_parameter_sets if cfg.num_parameter_sets is not None
+                    else PARAMETER_SETS.get(num_tasks, 5))
     if cfg.network == "film":
         return dict(embedding_dim=embedding_dim, encoder_width=cfg.encoder_width, encoder_depth=cfg.encoder_depth)
     if cfg.network in NUM_EXPERTS:
