@@ -196,6 +196,49 @@ def test_per_task_gradients_equal_the_k_pass_reference_and_vmap_over_members(net
 
 
 @pytest.mark.parametrize("network", NETWORKS)
+def test_population_update_is_the_members_updates(network):
+    """StackedMTSAC (vmap of the one update over members) against each member's own MTSAC, PCGrad (one-pass
+    per-task gradients inside the member vmap): three updates' metrics, then the written-back networks."""
+    import numpy as np
+
+    from mtrl_famo.buffer import ReplayBuffer
+    from mtrl_famo.config import AGGREGATOR_SCHEMAS
+    from mtrl_famo.sac import MTSAC
+    from mtrl_famo.stacked_sac import StackedMTSAC
+
+    small = dict(hidden_sizes=[16, 16], encoder_width=8, embedding_dim=8, module_width=8, routing_width=8)
+
+    def agent(seed):
+        torch.manual_seed(seed)
+        agg = AGGREGATOR_SCHEMAS["pcgrad"]()
+        agg.seed = seed
+        return MTSAC(12, ACT, 3, AgentConfig(network=network, init="reference", **small), agg, "cpu",
+                     immediate_checks=False)
+
+    def buffer(seed):
+        rng = np.random.default_rng(seed)
+        buf = ReplayBuffer(3, 64, 12, ACT)
+        for _ in range(20):
+            obs, next_obs = rng.normal(size=(2, 3, 12))
+            obs[:, -3:] = next_obs[:, -3:] = np.eye(3)
+            buf.add(obs, rng.uniform(-1, 1, (3, ACT)), rng.normal(size=3), next_obs, rng.uniform(size=3) < 0.1)
+        return buf
+
+    singles, population, buffers = [agent(s) for s in (0, 1)], StackedMTSAC([agent(s) for s in (0, 1)]), \
+        [buffer(s) for s in (0, 1)]
+    for _ in range(3):
+        single = [a.update(b.sample(8, a.generator)) for a, b in zip(singles, buffers)]
+        stacked = population.update(population.sample(buffers, 8))
+        for key in stacked:
+            torch.testing.assert_close(stacked[key], torch.stack([torch.as_tensor(m[key]) for m in single]).to(
+                stacked[key].dtype), rtol=1e-4, atol=1e-5, msg=key)
+    population.write_back()
+    for single, member in zip(singles, population.members):
+        for (name, p), q in zip(single.actor.named_parameters(), member.actor.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("network", NETWORKS)
 def test_each_network_trains_on_mt10_from_the_cli_then_evaluates(tmp_path, network):
     """One gradient aggregator (PCGrad) and one loss aggregator (FAMO, on the critic) per network; then
     ``eval`` rebuilds the network from the run's config and loads its checkpoint (and refuses another
@@ -204,8 +247,8 @@ def test_each_network_trains_on_mt10_from_the_cli_then_evaluates(tmp_path, netwo
         run_dir = tmp_path / aggregator
         proc = run_cli("train", *TINY, f"agent.network={network}", "agent.init=reference", "agent.encoder_width=16",
                        "agent.embedding_dim=16", "agent.module_width=16", "agent.routing_width=16",
-                       f"aggregator={aggregator}", "train.total_steps=400",
-                       "eval.every=400", f"run_dir={run_dir}")
+                       f"aggregator={aggregator}", "train.total_steps=300",
+                       "eval.every=300", f"run_dir={run_dir}")
         assert proc.returncode == 0, proc.stderr
         results = json.loads((run_dir / "results.json").read_text())
         assert results["aggregator"] == aggregator and len(results["tasks"]) == 10
