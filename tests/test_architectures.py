@@ -1,6 +1,7 @@
-"""agent.network: FiLM, CARE, MOORE, Soft Modules and PaCo (Meta-World+ reference, rainx0r/metaworld-algorithms@b025cdb): parameter
-counts, reference initialisation, each one's defining property, per-task gradients through them against the
-k-pass reference and under vmap over members, and a short real MT10 training of each from the CLI."""
+"""agent.network: FiLM, CARE, MOORE, Soft Modules and PaCo (Meta-World+ reference,
+rainx0r/metaworld-algorithms@b025cdb): parameter counts, reference initialisation, each one's defining property,
+per-task gradients through them against the k-pass reference, populations (vmap over members) against their
+members, and a short real MT10 training of each from the CLI."""
 
 from __future__ import annotations
 
