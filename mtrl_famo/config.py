@@ -47,6 +47,8 @@ NASH_MTL_MAX_NORM_MODES = ("clip", "divide")
 FAMO_SCALINGS = ("paper", "released")
 #: ``agent.init`` and ``agent.log_std_mode`` values (``networks`` builds and checks them too).
 INIT_SCHEMES = ("torch", "reference", "orthogonal", "xavier")
+#: ``agent.network``: the actor's and critics' network (``networks.registry`` builds them).
+NETWORK_NAMES = ("mlp", "film", "care", "moore", "soft_modules", "paco")
 LOG_STD_MODES = ("tanh", "clip")
 #: Highest ``benchmark.max_episode_steps``: Meta-World's ``max_path_length``; the env raises past it.
 METAWORLD_MAX_EPISODE_STEPS = 500
@@ -282,6 +284,27 @@ class AgentConfig:
     alpha_loss_form: str = doc("log_alpha", "log_alpha: -log_alpha * (log_pi + target_entropy) (Meta-World+ "
                                             "mtsac.py:438) or alpha: alpha * (-log_pi - target_entropy) "
                                             "(mtrl sac.py:417-420)")
+    network: str = doc("mlp", "actor and critic network: mlp (shared, or agent.multi_head), film (FiLM), care (CARE), "
+                              "moore (MOORE), soft_modules or paco (PaCo), as rainx0r/metaworld-algorithms@b025cdb "
+                              "nn/{film,care,moore,soft_modules,paco}.py; all but mlp take the reference's init "
+                              "(agent.init=reference); film/care/moore/paco take agent.hidden_sizes as their torso "
+                              "(MOORE: its experts; PaCo: each layer's widths), soft_modules its own sizes")
+    num_experts: Optional[int] = doc(None, "moore/care experts; null = the reference's per benchmark: MOORE 4 on MT10, "
+                                           "6 on MT50 (b025cdb config/nn.py:152-154), CARE 6 and 10 (config/nn.py:127-129)")
+    embedding_dim: Optional[int] = doc(None, "task/observation embedding width; null = the reference's: 50 for film/care "
+                                             "(b025cdb config/nn.py:124,143), 400 for soft_modules (config/nn.py:97)")
+    encoder_width: int = doc(50, "film/care context-encoder width (b025cdb config/nn.py:115,137)")
+    encoder_depth: int = doc(2, "film/care context-encoder hidden layers (b025cdb config/nn.py:118,140)")
+    encoder_temperature: float = doc(1.0, "care attention softmax temperature (b025cdb config/nn.py:121)")
+    num_modules: Optional[int] = doc(None, "soft_modules modules per layer; null = the reference's: 2 on MT10, 4 on "
+                                           "MT50 (b025cdb config/nn.py:93-95)")
+    module_layers: Optional[int] = doc(None, "soft_modules layers of modules; null = the reference's: 2 on MT10, 4 on "
+                                             "MT50 (b025cdb config/nn.py:89-91)")
+    num_parameter_sets: Optional[int] = doc(None, "paco parameter sets per layer; null = the reference's: 5 on MT10 "
+                                                  "(b025cdb config/nn.py:106), 20 on MT50 (examples/multi_task/"
+                                                  "paco_mt10.py:39-50, an MT50 run despite its name)")
+    module_width: int = doc(256, "soft_modules width of each module (b025cdb config/nn.py:86)")
+    routing_width: int = doc(256, "soft_modules routing network width (b025cdb config/nn.py:83)")
     clip_actions: bool = doc(False, "clip sampled policy actions to +-(1 - float32 eps) before the env (Meta-World+ "
                                     "nn/distributions.py:20-27 at b025cdb)")
 
@@ -481,6 +504,24 @@ def validate(cfg: Config) -> Config:
     _require(not (ag.multi_head and not b.task_onehot),
              "agent.multi_head=true needs benchmark.task_onehot=true: each row's task one-hot picks its head; "
              "allowed: agent.multi_head=false, or benchmark.task_onehot=true")
+    _require(ag.network in NETWORK_NAMES, f"agent.network={ag.network!r}; allowed: {', '.join(NETWORK_NAMES)}")
+    if ag.network != "mlp":
+        _require(b.task_onehot, f"agent.network={ag.network} needs benchmark.task_onehot=true: it takes the task "
+                                f"one-hot apart from the observation; allowed: benchmark.task_onehot=true")
+        _require(not ag.multi_head, f"agent.multi_head=true is for agent.network=mlp, not {ag.network} (MOORE has "
+                                    f"its own task heads); allowed: agent.multi_head=false")
+        _require(ag.init == "reference", f"agent.init={ag.init!r} with agent.network={ag.network}: it is built with "
+                                         f"the Meta-World+ reference's initialisation; allowed: agent.init=reference")
+        for key in ("encoder_width", "module_width", "routing_width"):
+            _require(getattr(ag, key) > 0, f"agent.{key}={getattr(ag, key)} must be > 0")
+        for key in ("embedding_dim", "num_modules", "module_layers", "num_parameter_sets"):
+            _require(getattr(ag, key) is None or getattr(ag, key) > 0,
+                     f"agent.{key}={getattr(ag, key)} must be > 0, or null for the reference's value")
+        _require(ag.encoder_depth >= 0, f"agent.encoder_depth={ag.encoder_depth} must be >= 0")
+        _require(ag.num_experts is None or ag.num_experts > 0,
+                 f"agent.num_experts={ag.num_experts} must be > 0, or null for the reference's per-benchmark value")
+        _require(math.isfinite(ag.encoder_temperature) and ag.encoder_temperature > 0,
+                 f"agent.encoder_temperature={ag.encoder_temperature} must be > 0")
     _require(math.isfinite(ag.adam_eps) and ag.adam_eps > 0, f"agent.adam_eps={ag.adam_eps} must be > 0")
     for key in ("grad_clip", "max_q_value"):
         value = getattr(ag, key)

@@ -127,6 +127,10 @@ def load_agent(cfg: Config, obs_dim: int, act_dim: int, names: list[str], device
     if state.get("task_names", names) != names:
         raise CheckpointError(f"checkpoint of {str(cfg.run_dir)!r} was trained on tasks {state['task_names']}, "
                               f"not the {cfg.benchmark.name} tasks {names}")
+    saved = state.get("config", {}).get("agent", {}).get("network", "mlp")  # before agent.network: an MLP
+    if saved != cfg.agent.network:
+        raise CheckpointError(f"checkpoint of {str(cfg.run_dir)!r} holds agent.network={saved} networks, but its "
+                              f"config.yaml has agent.network={cfg.agent.network}")
     agent = MTSAC(obs_dim, act_dim, len(names), cfg.agent, cfg.aggregator, device)
     try:
         agent.load_state_dict(state["agent"])

@@ -25,7 +25,7 @@ from mtrl_famo.aggregators.per_task_grads import per_task_gradients
 from mtrl_famo.buffer import Batch
 from mtrl_famo.config import AgentConfig, AggregatorConfig, aggregator_options
 from mtrl_famo.graph_update import GraphUpdate
-from mtrl_famo.networks import Actor, TwinQ
+from mtrl_famo.networks import Actor, TwinQ, network_options
 from mtrl_famo.optim import adam_tensors, fused_adam, load_fused_adam_state
 from mtrl_famo.update import AdamHyper, UpdateSpec, actor_loss, critic_loss, make_draws, update
 
@@ -105,7 +105,8 @@ class MTSAC:
         self.act_dim = act_dim
         self.cfg = cfg
         self.device = torch.device(device)
-        nets = dict(num_tasks=num_tasks, multi_head=cfg.multi_head, init=cfg.init)
+        nets = dict(num_tasks=num_tasks, multi_head=cfg.multi_head, init=cfg.init, network=cfg.network,
+                    network_options=network_options(cfg, num_tasks))
         self.actor = Actor(obs_dim, act_dim, cfg.hidden_sizes, cfg.log_std_min, cfg.log_std_max,
                            log_std_mode=cfg.log_std_mode, **nets).to(self.device)
         self.critic = TwinQ(obs_dim, act_dim, cfg.hidden_sizes, **nets).to(self.device)

@@ -565,6 +565,7 @@ class Trainer:
         return {
             "benchmark": self.cfg.benchmark.label,
             "aggregator": self.cfg.aggregator.name,
+            "network": self.cfg.agent.network,
             "seed": self.cfg.seed,
             "step": self.step,
             "total_steps": self.lengths.total,

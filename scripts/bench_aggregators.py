@@ -3,7 +3,9 @@
 Side by side in one run, at k=10 and k=50 tasks with the default networks (3x400) and
 batch (128 rows per task), on CPU and on CUDA when present. Each aggregator is printed
 with its ratio to ``mean`` (shared network); rows with ``agent.multi_head=true`` (one output
-layer per task, Meta-World+ MTMHSAC) follow for every aggregator; PCGrad and CAGrad are also timed with the k-pass per-task
+layer per task, Meta-World+ MTMHSAC) follow for every aggregator, then rows for each network of
+``--networks`` (``agent.network``: FiLM, CARE, MOORE, Soft Modules, PaCo at the reference's
+sizes, still against the shared MLP's ``mean``); PCGrad and CAGrad are also timed with the k-pass per-task
 gradient paths, so the speed-up of the one-pass (vmap) path is visible:
 
 - ``vmap``: one batched backward (the default);
@@ -43,7 +45,7 @@ from mtrl_famo.aggregators import AGGREGATORS, make_aggregator
 from mtrl_famo.aggregators.per_task_grads import per_task_gradients, per_task_gradients_loop
 from mtrl_famo.aggregators.reference import HostCAGrad, HostPCGrad
 from mtrl_famo.buffer import Batch
-from mtrl_famo.config import AGGREGATOR_SCHEMAS, AgentConfig
+from mtrl_famo.config import AGGREGATOR_SCHEMAS, NETWORK_NAMES, AgentConfig
 from mtrl_famo.networks import TwinQ
 from mtrl_famo.sac import MTSAC
 
@@ -78,18 +80,25 @@ def random_batch(k: int, per_task: int, device: torch.device) -> Batch:
                  torch.rand(k, per_task, device=device), next_obs, torch.zeros(k, per_task, device=device))
 
 
-def time_updates(settings: list[tuple[str, str, bool]], k: int, device: torch.device, repeats: int,
+def agent_config(network: str) -> AgentConfig:
+    """``shared`` and ``multi-head``: the default MLPs; any other ``agent.network`` at its reference sizes."""
+    if network in ("shared", "multi-head"):
+        return AgentConfig(multi_head=network == "multi-head")
+    return AgentConfig(network=network, init="reference")
+
+
+def time_updates(settings: list[tuple[str, str, str]], k: int, device: torch.device, repeats: int,
                  per_task: int) -> list[float]:
-    """Median seconds of one ``MTSAC.update`` for each (aggregator, path, multi_head).
+    """Median seconds of one ``MTSAC.update`` for each (aggregator, path, network) (:func:`agent_config`).
 
     The settings take turns, one update each per round, so that a change in machine
     load over the run affects them all alike and the ratios stay side by side.
     """
     batch = random_batch(k, per_task, device)
     agents = []
-    for aggregator, path, multi_head in settings:
+    for aggregator, path, network in settings:
         torch.manual_seed(0)
-        agent = MTSAC(OBS_DIM + k, ACT_DIM, k, AgentConfig(multi_head=multi_head), AGGREGATOR_SCHEMAS[aggregator](),
+        agent = MTSAC(OBS_DIM + k, ACT_DIM, k, agent_config(network), AGGREGATOR_SCHEMAS[aggregator](),
                       device, task_gradients=PATHS[path])
         for agg in agent.aggregators.values():  # DWA: past its warm-up of 2 windows, to time its steady state
             for _ in range(2 * getattr(agg, "window", 0)):
@@ -159,6 +168,8 @@ def main() -> None:
                              "(nashmtl only where CVXPY is installed)")
     parser.add_argument("--no-multi-head", action="store_true",
                         help="skip the rows with multi-head networks (agent.multi_head=true, Meta-World+ MTMHSAC)")
+    parser.add_argument("--networks", nargs="*", default=list(NETWORK_NAMES[1:]), choices=NETWORK_NAMES[1:],
+                        help="agent.network rows (default: all but mlp; none with an empty list)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     devices = ([torch.device(d) for d in args.device] if args.device else
@@ -181,15 +192,15 @@ def main() -> None:
     for device in devices:
         for k in args.tasks:
             aggregators = tuple(args.aggregators)
-            runs = [(agg, "vmap", False) for agg in aggregators]
+            runs = [(agg, "vmap", "shared") for agg in aggregators]
             naive = ["loop"] + (["full-graph"] if k in args.full_graph_tasks else [])
-            runs += [(agg, path, False) for agg in ("pcgrad", "cagrad") if agg in aggregators for path in naive]
+            runs += [(agg, path, "shared") for agg in ("pcgrad", "cagrad") if agg in aggregators for path in naive]
             if not args.no_multi_head:  # Meta-World+ MTMHSAC: one output layer per task (agent.multi_head)
-                runs += [(agg, "vmap", True) for agg in aggregators]
+                runs += [(agg, "vmap", "multi-head") for agg in aggregators]
+            runs += [(agg, "vmap", network) for network in args.networks for agg in aggregators]
             seconds = time_updates(runs, k, device, args.repeats, args.per_task_batch)
-            for (aggregator, path, multi_head), sec in zip(runs, seconds):
+            for (aggregator, path, network), sec in zip(runs, seconds):
                 shown_path = path if AGGREGATORS[aggregator].uses_task_gradients else "-"
-                network = "multi-head" if multi_head else "shared"
                 print(f"| {device.type} | {k} | {network} | {aggregator} | {shown_path} | {sec * 1e3:.1f} | "
                       f"{sec / seconds[0]:.2f} |", flush=True)
 

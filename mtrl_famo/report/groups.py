@@ -14,6 +14,7 @@ IGNORED_KEYS = ("seed", "run_dir", "device", "train.progress", "train.torch_thre
 
 
 PROTOCOL_KEY = "protocol.name"
+NETWORK_KEY = "agent.network"
 
 
 def protocol_of(run: Run) -> str:
@@ -70,6 +71,7 @@ def group_name(run: Run, settings: list[tuple]) -> str:
     Options of the aggregator (``aggregator.*``) are named only where groups of the same aggregator
     differ in them; ``protocol.name`` wherever two groups differ in it; other keys only where groups
     of the same protocol differ in them (a protocol's own values are named by the protocol).
+    ``agent.network`` other than ``mlp`` is always named: a label never hides the network.
     """
     own = dict(setting(run))
     everyone = [dict(s) for s in settings]
@@ -80,7 +82,7 @@ def group_name(run: Run, settings: list[tuple]) -> str:
         if key == "aggregator.name":
             continue
         pool = everyone if key == PROTOCOL_KEY else same_aggregator if key.startswith("aggregator.") else same_protocol
-        if any(s.get(key) != own[key] for s in pool):
+        if any(s.get(key) != own[key] for s in pool) or (key == NETWORK_KEY and json.loads(own[key]) != "mlp"):
             parts.append(f"{key}={show_value(json.loads(own[key]))}")
     return run.aggregator + (f" ({', '.join(parts)})" if parts else "")
 
