@@ -6,9 +6,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from mtrl_famo import runconfig
 from mtrl_famo.config import Config, ConfigError
 from mtrl_famo.run_files import CHECKPOINT_FILE, CONFIG_FILE
+from mtrl_famo.saved_config import NOT_RESUMABLE, RESUMABLE_PREFIXES, flat_keys, load_saved_config
 
 
 def unstarted_run(cfg: Config) -> bool:
@@ -23,24 +23,13 @@ def unstarted_run(cfg: Config) -> bool:
     run_dir = Path(cfg.run_dir)
     if (run_dir / CHECKPOINT_FILE).exists() or not (run_dir / CONFIG_FILE).is_file():
         return False
-    saved = _flat(OmegaConf.to_container(OmegaConf.structured(runconfig.load_saved_config(run_dir))))
-    new = _flat(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    saved = flat_keys(OmegaConf.to_container(OmegaConf.structured(load_saved_config(run_dir))))
+    new = flat_keys(OmegaConf.to_container(OmegaConf.structured(cfg)))
     for key in sorted(saved.keys() | new.keys()):
-        if (key.split(".")[0] in runconfig.RESUMABLE_PREFIXES and key not in runconfig.NOT_RESUMABLE) \
+        if (key.split(".")[0] in RESUMABLE_PREFIXES and key not in NOT_RESUMABLE) \
                 or saved.get(key) == new.get(key):
             continue
         raise ConfigError(f"run_dir={str(run_dir)!r} holds a run stopped before its first checkpoint, with "
                           f"{key}={saved.get(key)}; cannot start it again with {key}={new.get(key)} (remove the "
                           f"folder, or choose another run_dir for a new run)")
     return True
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

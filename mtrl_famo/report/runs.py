@@ -11,6 +11,7 @@ import yaml
 
 from mtrl_famo.report import ReportError
 from mtrl_famo.run_files import CONFIG_FILE, EVALS_FILE, RESULTS_FILE
+from mtrl_famo.saved_config import flat_keys
 from mtrl_famo.run_records import RunFileError, read_json, read_jsonl
 
 
@@ -36,16 +37,6 @@ class Run:
     @property
     def mean_success(self) -> float:
         return float(np.mean([self.final["success_rate"][t] for t in self.tasks]))
-
-
-def _flatten(node: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
@@ -96,7 +87,7 @@ def load_run(path: Path) -> Run | None:
     if not evals:
         return None
     evals.sort(key=lambda e: e["step"])
-    flat = _flatten(config)
+    flat = flat_keys(config)
     bench = flat.get("benchmark.name", "?")
     if bench == "mt1":
         bench = f"mt1-{flat.get('benchmark.env_name')}"
