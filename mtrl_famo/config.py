@@ -37,6 +37,8 @@ CRITIC_LOSS_REDUCTIONS = ("sum", "mean")
 #: ``agent.alpha_loss_reduction`` and ``agent.alpha_loss_form`` (docs/protocols.md gives the formulas).
 ALPHA_LOSS_REDUCTIONS = ("task_sum", "mean")
 ALPHA_LOSS_FORMS = ("log_alpha", "alpha")
+#: ``agent.task_loss_weights``: none, or Meta-World+'s ``use_task_weights`` (k softmax(-log_alpha)).
+TASK_LOSS_WEIGHTS = ("none", "temperature")
 #: ``benchmark.reward_normalization``: Meta-World 3's ``reward_normalization_method`` (null = off).
 REWARD_NORMALIZATIONS = ("exponential", "gymnasium")
 #: ``aggregator.order`` of pcgrad, ``aggregator.reduction`` of alignedmtl, ``aggregator.max_norm_mode``
@@ -307,6 +309,10 @@ class AgentConfig:
     routing_width: int = doc(256, "soft_modules routing network width (b025cdb config/nn.py:83)")
     clip_actions: bool = doc(False, "clip sampled policy actions to +-(1 - float32 eps) before the env (Meta-World+ "
                                     "nn/distributions.py:20-27 at b025cdb)")
+    task_loss_weights: str = doc("none", "none, or temperature: each task's critic and actor loss times "
+                                         "k softmax(-log_alpha)_i, taken before the temperature step (Meta-World+ "
+                                         "use_task_weights, rl/algorithms/mtsac.py:83-93,309-310,391-392,455-458 at "
+                                         "b025cdb; Soft Modules' MT10 example)")
 
 
 @dataclass
@@ -499,7 +505,8 @@ def validate(cfg: Config) -> Config:
              f"agent.log_std_mode={ag.log_std_mode!r}; allowed: {', '.join(LOG_STD_MODES)}")
     _require(ag.init in INIT_SCHEMES, f"agent.init={ag.init!r}; allowed: {', '.join(INIT_SCHEMES)}")
     for key, allowed in (("critic_loss_reduction", CRITIC_LOSS_REDUCTIONS),
-                         ("alpha_loss_reduction", ALPHA_LOSS_REDUCTIONS), ("alpha_loss_form", ALPHA_LOSS_FORMS)):
+                         ("alpha_loss_reduction", ALPHA_LOSS_REDUCTIONS), ("alpha_loss_form", ALPHA_LOSS_FORMS),
+                         ("task_loss_weights", TASK_LOSS_WEIGHTS)):
         _require(getattr(ag, key) in allowed, f"agent.{key}={getattr(ag, key)!r}; allowed: {', '.join(allowed)}")
     _require(not (ag.multi_head and not b.task_onehot),
              "agent.multi_head=true needs benchmark.task_onehot=true: each row's task one-hot picks its head; "

@@ -145,16 +145,23 @@ def update(spec: UpdateSpec, state: dict, batch: Batch, draws: Draws,
         if cfg.max_q_value is not None:
             target = target.clamp(-cfg.max_q_value, cfg.max_q_value)
 
+        # agent.task_loss_weights=temperature: task i's critic and actor losses times k softmax(-log_alpha)_i
+        # (constants, before the temperature step); else 1 (the losses as they are).
+        log_alpha = params["alpha"]["log_alpha"]
+        task_weights = (log_alpha.shape[0] * torch.softmax(-log_alpha, 0)).expand(k) \
+            if cfg.task_loss_weights == "temperature" \
+            else torch.ones_like(alpha)  # [k]
         metrics: dict[str, Tensor] = {}
         metrics["losses/critic"], _ = _network_step(
             spec, "critic", state,
-            lambda p, *args: critic_loss(spec.critic, p, *args, cfg.max_q_value, cfg.critic_loss_reduction), False,
-            (batch.obs, batch.actions, target), draws, diagnostics, metrics)
+            lambda p, *args: critic_loss(spec.critic, p, *args[:-1], cfg.max_q_value, cfg.critic_loss_reduction)
+            * args[-1], False, (batch.obs, batch.actions, target, task_weights), draws, diagnostics, metrics)
         critic_params = dict(params["critic"])  # after its step, constants of the actor's loss
         metrics["losses/actor"], log_prob = _network_step(
             spec, "actor", state,
-            lambda p, *args: actor_loss(spec.actor, spec.critic, p, critic_params, *args, cfg.clip_actions), True,
-            (batch.obs, draws.noise, alpha[:, None]), draws, diagnostics, metrics)
+            lambda p, *args: _weighted(actor_loss(spec.actor, spec.critic, p, critic_params, *args[:-1],
+                                                  cfg.clip_actions), args[-1]), True,
+            (batch.obs, draws.noise, alpha[:, None], task_weights), draws, diagnostics, metrics)
         metrics["losses/alpha"] = _temperature_step(spec, state, log_prob, draws, metrics)
         _polyak_(list(params["critic_target"].values()), list(params["critic"].values()), cfg.tau)
         metrics["alpha"] = params["alpha"]["log_alpha"].exp().expand(k)
@@ -246,6 +253,11 @@ def _temperature_step(spec: UpdateSpec, state: dict, log_prob: Tensor, draws: Dr
         if weights is not None:
             metrics["aggregator/alpha/weights"] = weights
     return losses
+
+
+def _weighted(loss_and_log_prob: tuple[Tensor, Tensor], weight: Tensor) -> tuple[Tensor, Tensor]:
+    loss, log_prob = loss_and_log_prob
+    return loss * weight, log_prob
 
 
 def _clipped(action: Tensor, clip: bool) -> Tensor:

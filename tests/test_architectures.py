@@ -278,6 +278,14 @@ def test_bad_network_settings_are_one_line_usage_errors():
                                "train.total_steps=10"), "agent.multi_head=true is for agent.network=mlp")
 
 
+def test_softmodules_mt10_preset_is_the_reference_example():
+    """experiment=softmodules_mt10: metaworld_plus with examples/multi_task/softmodules_mt10.py's settings."""
+    from mtrl_famo.runconfig import compose_config
+
+    ag = compose_config(["experiment=softmodules_mt10"]).agent
+    assert (ag.network, ag.grad_clip, ag.task_loss_weights, ag.init) == ("soft_modules", 1.0, "temperature", "reference")
+
+
 def test_moore_mt10_preset_is_the_reference_example():
     """experiment=moore_mt10: metaworld_plus with examples/multi_task/moore_mt10.py's settings (b025cdb)."""
     from mtrl_famo.runconfig import compose_config

@@ -161,3 +161,19 @@ def test_first_metaworld_plus_update_equals_the_reference_restated(reward_scale)
         for p_mine, p_theirs in zip(mine.param_groups[0]["params"], params):
             torch.testing.assert_close(mine.state[p_mine]["exp_avg"], theirs.state[p_theirs]["exp_avg"],
                                        rtol=1e-4, atol=1e-7, msg=f"{name} first moment")
+
+
+def test_temperature_task_weights_scale_each_tasks_losses_by_k_softmax_of_minus_log_alpha():
+    """Meta-World+ ``use_task_weights`` (Soft Modules' MT10 example): w = k softmax(-log_alpha), before the
+    temperature step, on the critic's and the actor's task losses."""
+    data = batch()
+    # critic_lr=0: the actor's losses then see the same critic in both agents
+    plain, weighted = agent(critic_lr=0.0), agent(critic_lr=0.0, task_loss_weights="temperature")
+    for a in (plain, weighted):
+        with torch.no_grad():
+            a.log_alpha.copy_(torch.tensor([0.0, -1.0, 0.5]))
+    w = K * torch.softmax(-torch.tensor([0.0, -1.0, 0.5]), 0)
+    m_plain, m_weighted = plain.update(data), weighted.update(data)
+    torch.testing.assert_close(m_weighted["losses/critic"], w * m_plain["losses/critic"])
+    torch.testing.assert_close(m_weighted["losses/actor"], w * m_plain["losses/actor"])
+    torch.testing.assert_close(m_weighted["losses/alpha"], m_plain["losses/alpha"])  # the temperatures' are not
