@@ -58,7 +58,7 @@ def estimate_memory(cfg: Config) -> MemoryEstimate:
 
     task_gradients = 0
     if AGGREGATORS[cfg.aggregator.name].uses_task_gradients:
-        sizes = {"critic": critic, "actor": actor}
+        sizes = {"critic": critic, "actor": actor, "alpha": k}  # the temperatures: k parameters at most
         task_gradients = FLOAT_BYTES * k * max(sizes[loss] for loss in cfg.aggregator.apply_to)
     members = len(cfg.seeds) if cfg.seeds else 1
     return MemoryEstimate(networks, buffer, task_gradients, members)

@@ -22,6 +22,8 @@ the population with a line naming the member.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import tempfile
 import time
@@ -113,7 +115,8 @@ def run_population(overrides: Sequence[str], node, run_dir: str | None = None, t
                    out: Callable[[str], None] = print) -> list[dict]:
     """Train (or resume, or skip when finished) the population of a command line; each member's results."""
     configs, resume = population_configs(overrides, node, run_dir, train_settings)
-    runconfig.check_machine(configs[0])  # the members differ only in their seeds and folders
+    # the members differ only in their seeds and folders; the memory estimate counts them all
+    runconfig.check_machine(dataclasses.replace(configs[0], seeds=[c.seed for c in configs]))
     # One process per population: its folder and every member's folder are locked (a member may be resumed alone).
     folders = [Path(configs[0].run_dir).parent, *(Path(c.run_dir) for c in configs)]
     try:
