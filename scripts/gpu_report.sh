@@ -92,7 +92,6 @@ if [ "$DRY_RUN" = 1 ]; then
   section "Update time per aggregator" 120 python scripts/bench_aggregators.py --device cpu --tasks 2 --repeats 1 --full-graph-tasks --aggregators mean famo pcgrad cagrad --no-multi-head
   section "Combine: host solvers (before) vs device (after)" 60 python scripts/bench_aggregators.py --combine --device cpu --tasks 2 --repeats 1
   section "Throughput (async envs)" 240 python scripts/bench_throughput.py "${TINY[@]}" --device cpu --benchmarks mt10 --aggregators mean --strategy async --steps 1
-  section "Population of seeds (one vmapped update)" 240 python scripts/bench_throughput.py "${TINY[@]}" --device cpu --benchmarks mt10 --aggregators mean --steps 1 --population 2
   section "Profile of one update" 120 python scripts/profile_update.py --device cpu --tasks 2 --aggregators mean --updates 1
   section "One-graph update (train.compile=graph)" 180 python scripts/graph_report.py --device cpu --tasks 2 --aggregators mean --updates 2 --hidden 32 32 --backend aot_eager
   RUN_STEPS=200; RUN_WARMUP=100; RUN_LIMIT=240
