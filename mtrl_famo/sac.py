@@ -67,12 +67,6 @@ def continue_global_stream(device: torch.device) -> torch.Generator:
     return generator
 
 
-@torch.no_grad()
-def polyak_update(params, target_params, tau: float) -> None:
-    """``target <- (1 - tau) target + tau * online``, in place (one multi-tensor kernel on CUDA)."""
-    torch._foreach_lerp_(list(target_params), list(params), tau)
-
-
 class MTSAC:
     """The agent: actor, twin critic with target, per-task temperatures, optimizers, aggregators.
 

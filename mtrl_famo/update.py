@@ -163,7 +163,7 @@ def update(spec: UpdateSpec, state: dict, batch: Batch, draws: Draws,
                                                   cfg.clip_actions), args[-1]), True,
             (batch.obs, draws.noise, alpha[:, None], task_weights), draws, diagnostics, metrics)
         metrics["losses/alpha"] = _temperature_step(spec, state, log_prob, draws, metrics)
-        _polyak_(list(params["critic_target"].values()), list(params["critic"].values()), cfg.tau)
+        polyak_update(params["critic"].values(), params["critic_target"].values(), cfg.tau)
         metrics["alpha"] = params["alpha"]["log_alpha"].exp().expand(k)
     return state, metrics
 
@@ -277,11 +277,13 @@ def _adam_step(spec: UpdateSpec, name: str, state: dict, params: list[Tensor], g
     adam_step_(AdamTensors(params, adam["exp_avg"], adam["exp_avg_sq"], adam["step"], *spec.adam[name]), grads)
 
 
-def _polyak_(targets: list[Tensor], params: list[Tensor], tau: float) -> None:
+@torch.no_grad()
+def polyak_update(params, target_params, tau: float) -> None:
     """``target <- target + tau (online - target)``, in place (``lerp``'s formula for ``tau < 0.5``).
 
     Eagerly one multi-tensor kernel; compiled or vmapped, per tensor (vmap has no rule for it).
     """
+    targets, params = list(target_params), list(params)
     if not torch.compiler.is_compiling() and not torch._C._functorch.is_batchedtensor(targets[0]):
         torch._foreach_lerp_(targets, params, tau)
         return

@@ -11,7 +11,8 @@ from mtrl_famo.buffer import Batch, ReplayBuffer
 from mtrl_famo.config import AGGREGATOR_SCHEMAS, AgentConfig, BenchmarkConfig
 from mtrl_famo.envs import make_envs, true_next_obs
 from mtrl_famo.networks import Actor, squashed_sample
-from mtrl_famo.sac import MTSAC, critic_loss_fn, polyak_update
+from mtrl_famo.sac import MTSAC, critic_loss_fn
+from mtrl_famo.update import polyak_update
 from mtrl_famo.stacked_sac import StackedMTSAC
 
 K, OBS_DIM, ACT_DIM = 10, 49, 4
