@@ -335,8 +335,8 @@ class TrainConfig:
     torch_threads: int = doc(0, "torch CPU threads; 0 = 1 thread on machines with <= 4 cores, else torch's default")
     progress: bool = doc(True, "show a progress bar with steps/s and ETA")
     compile: str = doc("none", "torch.compile: none, task_gradients (the gradient aggregators' one-pass per-task gradients), "
-                              "all (also the loss functions) or graph (the whole update as one graph, CUDA graphs "
-                              "on CUDA); see docs/performance.md")
+                              "all (kept for old configs: the same as task_gradients) or graph (the whole update as "
+                              "one graph, CUDA graphs on CUDA); see docs/performance.md")
 
     def total_for(self, num_tasks: int) -> int:
         """The run length in environment steps: ``total_steps``, else ``steps_per_task x num_tasks``."""
