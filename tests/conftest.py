@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-import pytest
-import torch
+# One inductor cache per xdist worker (inherited by the CLI runs it starts): two workers compiling the
+# same kernel into one shared cache raced, and one loaded the other's half-written .so ("file too short").
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"torchinductor-mtrl-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
