@@ -10,11 +10,7 @@ import numpy as np
 import torch
 
 from mtrl_famo.atomic import atomic_write
-from mtrl_famo.run_files import CHECKPOINT_FILE
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing or cannot be read; the message names the file."""
+from mtrl_famo.run_files import CHECKPOINT_FILE, CheckpointError  # noqa: F401 (re-exported)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 
 from mtrl_famo import runconfig
-from mtrl_famo.checkpoint import CheckpointError
+from mtrl_famo.run_files import CheckpointError
 from mtrl_famo.config import ConfigError
 
 USAGE = """usage: mtrl-famo COMMAND [key=value ...]

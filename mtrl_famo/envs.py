@@ -17,6 +17,7 @@ import metaworld  # noqa: F401  (registers the Meta-World/* environments)
 import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
+from mtrl_famo.benchmark_cache import cached_benchmarks
 from mtrl_famo.config import BenchmarkConfig, ConfigError
 
 _VECTOR_IDS = {"mt10": "Meta-World/MT10", "mt50": "Meta-World/MT50"}
@@ -62,7 +63,8 @@ def make_envs(cfg: BenchmarkConfig, seed: int) -> gym.vector.VectorEnv:
     with warnings.catch_warnings():
         # Meta-World declares float64 bounds for float32 spaces; gymnasium warns once per env.
         warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
-        envs = _make_vector_env(cfg, common)
+        with cached_benchmarks():  # the goals drawn once per machine (benchmark_cache.py)
+            envs = _make_vector_env(cfg, common)
     if envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.SAME_STEP:
         raise RuntimeError(f"{cfg.name}: expected same-step autoreset, got {envs.metadata.get('autoreset_mode')}")
     if isinstance(envs, gym.vector.AsyncVectorEnv) and not envs.shared_memory:

@@ -11,6 +11,14 @@ LOCK_FILE = ".lock"  # held by the one train process writing the folder (run_loc
 TENSORBOARD_DIR = "tb"  # the TensorBoard event files
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing or cannot be read; the message names the file.
+
+    Defined here, beside the file names and without torch, so that the command line can catch it and
+    still answer bad input before importing torch (seconds per call).
+    """
+
+
 def population_members(folder: Path) -> list[str]:
     """The members (``s<seed>`` folders holding a checkpoint) of a population's folder, in seed order."""
     folder = Path(folder)

@@ -62,7 +62,9 @@ def _benchmark_tasks(benchmark: str, seed: int, num_goals: int = 50) -> dict:
 
     set_num_goals(num_goals)
 
-    bench = {"mt10": metaworld.MT10, "mt50": metaworld.MT50}[benchmark](seed=seed)
+    from mtrl_famo.benchmark_cache import cached_benchmark
+
+    bench = cached_benchmark({"mt10": metaworld.MT10, "mt50": metaworld.MT50}[benchmark], seed=seed)
     tasks: dict[str, list] = {}
     for task in bench.train_tasks:
         tasks.setdefault(task.env_name, []).append(task)
@@ -84,13 +86,15 @@ def make_render_env(cfg: "Config", task_names: list[str], index: int, camera: st
     name = task_names[index]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*precision lowered by casting.*")
+        from mtrl_famo.benchmark_cache import cached_benchmarks
         from mtrl_famo.envs import set_num_goals
 
         set_num_goals(cfg.benchmark.num_goals)
-        env = metaworld.make_mt_envs(name, seed=cfg.seed, use_one_hot=cfg.benchmark.task_onehot, env_id=index,
-                                     num_tasks=len(task_names), max_episode_steps=cfg.benchmark.max_episode_steps,
-                                     reward_function_version="v2", render_mode="rgb_array", camera_name=camera,
-                                     width=width, height=height)
+        with cached_benchmarks():  # make_mt_envs(name) draws MT1(name)'s goals
+            env = metaworld.make_mt_envs(name, seed=cfg.seed, use_one_hot=cfg.benchmark.task_onehot, env_id=index,
+                                         num_tasks=len(task_names), max_episode_steps=cfg.benchmark.max_episode_steps,
+                                         reward_function_version="v2", render_mode="rgb_array", camera_name=camera,
+                                         width=width, height=height)
     model = env.unwrapped.model
     if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
         cameras = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
