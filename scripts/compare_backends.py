@@ -77,13 +77,40 @@ def fit_metaworld_to(task: str, target: np.ndarray):
     del env.sawyer_observation_space
     space = env._random_reset_space
 
+    draws = [0]
+
+    def frozen_vec():  # Meta-World's draw of a frozen vector, counted: some resets redraw until a condition holds
+        draws[0] += 1
+        if draws[0] > 20:
+            raise RuntimeError("the reset redraws this vector for ever")
+        return env._last_rand_vec
+
+    env._get_state_rand_vec = frozen_vec
+
     def reset_obs(vec):
-        env._last_rand_vec = np.asarray(vec, dtype=np.float64)
+        env._last_rand_vec, draws[0] = np.asarray(vec, dtype=np.float64), 0
         return env.reset()[0]
 
-    # Most tasks place the object and the goal straight from the random vector: start from the observation's.
-    guess = np.clip(np.concatenate([target[4:7], target[36:39]])[: space.low.size], space.low, space.high)
-    fit = least_squares(lambda v: reset_obs(v) - target, guess, bounds=(space.low, space.high + 1e-12),
+    # Most tasks place the object and the goal straight from the random vector: start from the observation's,
+    # then from it with random coordinates past the first three (a start the reset accepts).
+    rng = np.random.default_rng(0)
+    base = np.clip(np.concatenate([target[4:7], target[36:39]])[: space.low.size], space.low, space.high)
+    for attempt in range(50):
+        guess = base if attempt == 0 else np.concatenate([base[:3], rng.uniform(space.low, space.high)[3:]])
+        if attempt >= 25:
+            guess = rng.uniform(space.low, space.high)
+        try:
+            reset_obs(guess)
+            break
+        except RuntimeError:
+            continue
+    def residual(v):
+        try:
+            return reset_obs(v) - target
+        except RuntimeError:
+            return np.full(target.shape, 1e3)
+
+    fit = least_squares(residual, guess, bounds=(space.low, space.high + 1e-12),
                         diff_step=1e-7, xtol=1e-14, ftol=1e-14, gtol=1e-14, max_nfev=200)
     gap = float(np.abs(reset_obs(fit.x) - target).max())
     return env, gap
