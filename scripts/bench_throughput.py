@@ -221,15 +221,15 @@ def main() -> None:
                         help="training env backends (benchmark.backend), measured side by side")
     parser.add_argument("--env-threads", nargs="+", type=int, default=[0],
                         help="benchmark.env_threads of the envpool rows (0: all cores but one)")
-    parser.add_argument("--env-steps", type=int, default=200, help="vector steps of the envs-alone table")
+    parser.add_argument("--env-steps", type=int, default=200, help="vector steps of the envs-alone table (0: no such table)")
     parser.add_argument("overrides", nargs="*", help="extra mtrl-famo overrides, e.g. train.torch_threads=2")
     args = parser.parse_args()
     if args.population:
         compare_population(args)
         return
-    if "envpool" in args.backend:
+    if "envpool" in args.backend and args.env_steps:
         compare_envs(args)
-    print(f"torch {torch.__version__}; 3x400 networks, 128 rows per task; "
+    print(f"torch {torch.__version__}; {' '.join(args.overrides) or '3x400 networks, 128 rows per task'}; "
           f"{args.steps} learning vector steps per row (after 5 random warm-up steps); "
           f"ms per vector step\n")
     print("| device | benchmark | aggregator | envs | compile | vector steps/s | act ms | update ms | env ms "
