@@ -77,7 +77,7 @@ class EnvPoolTasks(gym.vector.VectorEnv):
     """One EnvPool pool per task, stepped together as a gymnasium vector env with same-step autoreset.
 
     :param tasks: Meta-World task names (``reach-v3`` ...) in the benchmark's order.
-    :param seed: seeds the pools (task ``i``'s pool from ``(seed, i)``) and the action space.
+    :param seed: seeds the pools (task ``i``'s: word ``i`` of ``SeedSequence(seed)``) and the action space.
     :param max_episode_steps: EnvPool's time limit (truncation).
     :param task_onehot: append the task one-hot (``benchmark.task_onehot``).
     :param env_threads: cores the workers are pinned to (0: all but one).
@@ -115,7 +115,8 @@ class EnvPoolTasks(gym.vector.VectorEnv):
         self._build(seed)
 
     def _build(self, seed: int) -> None:
-        """(Re)create the pools, task ``i``'s seeded from ``(seed, i)``: EnvPool fixes seeds at creation."""
+        """(Re)create the pools, task ``i``'s seeded with word ``i`` of ``SeedSequence(seed)`` (EnvPool fixes
+        seeds at creation)."""
         import envpool
 
         self.close_pools()
