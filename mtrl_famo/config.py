@@ -52,6 +52,8 @@ INIT_SCHEMES = ("torch", "reference", "orthogonal", "xavier")
 #: ``agent.network``: the actor's and critics' network (``networks.registry`` builds them).
 NETWORK_NAMES = ("mlp", "film", "care", "moore", "soft_modules", "paco")
 LOG_STD_MODES = ("tanh", "clip")
+#: ``benchmark.backend``: the training envs' implementation (evaluation is always Meta-World's).
+BACKENDS = ("metaworld", "envpool")
 #: Highest ``benchmark.max_episode_steps``: Meta-World's ``max_path_length``; the env raises past it.
 METAWORLD_MAX_EPISODE_STEPS = 500
 #: Highest ``benchmark.num_goals``: Meta-World's ``_N_GOALS`` default, the goal variants its benchmarks draw.
@@ -94,6 +96,11 @@ class BenchmarkConfig:
     num_goals: int = doc(50, "goal/object variants per task (Meta-World's num_goals): 50 (Meta-World default) or "
                              "1 (one fixed goal per task for the whole run, shared by the evaluation envs, as mtenv)")
     cagrad_c: float = doc(0.5, "this benchmark's default CAGrad c (0.9 on MT10, 0.5 on MT50)")
+    backend: str = doc("metaworld", "training envs: metaworld (Meta-World's Python envs) or envpool (EnvPool's native "
+                                    "C++ Meta-World v3, pip install mtrl-famo[envpool]; a new goal every episode, "
+                                    "docs/envpool.md); evaluation always runs on Meta-World's envs")
+    env_threads: int = doc(0, "backend=envpool: cores its env threads are pinned to (0: all cores but one, "
+                              "left to the learner)")
 
     @property
     def label(self) -> str:
@@ -456,6 +463,17 @@ def validate(cfg: Config) -> Config:
              f"benchmark.reward_normalization={b.reward_normalization!r}; allowed: null, "
              f"{', '.join(REWARD_NORMALIZATIONS)}")
     _check_steps(b.num_goals, "benchmark.num_goals")
+    _require(b.backend in BACKENDS, f"benchmark.backend={b.backend!r}; allowed: {', '.join(BACKENDS)}")
+    _require(b.env_threads >= 0, f"benchmark.env_threads={b.env_threads}; allowed: 0 (all cores but one) or more")
+    if b.backend == "envpool":
+        # EnvPool draws every reset's goal from the task's whole range (metaworld_env.h SampleRandVec) and has
+        # no reward wrappers: neither Meta-World setting can be honoured there.
+        _require(b.num_goals == METAWORLD_NUM_GOALS,
+                 f"benchmark.num_goals={b.num_goals} needs benchmark.backend=metaworld (EnvPool draws a new goal "
+                 f"at every reset); allowed with backend=envpool: {METAWORLD_NUM_GOALS}")
+        _require(b.reward_normalization is None,
+                 f"benchmark.reward_normalization={b.reward_normalization!r} needs benchmark.backend=metaworld "
+                 f"(Meta-World's reward wrappers); allowed with backend=envpool: null")
     _require(b.num_goals <= METAWORLD_NUM_GOALS,
              f"benchmark.num_goals={b.num_goals}; allowed: 1 to {METAWORLD_NUM_GOALS} (Meta-World's goal variants)")
 

@@ -12,6 +12,12 @@ task and replays the actions, then loads Meta-World's checkpoint, which puts eve
 where it was. The observation the loop held is saved as well, and the replay must give it
 back bit for bit (else the resume says so in one line and starts new episodes).
 
+EnvPool's training envs (``benchmark.backend=envpool``) keep their MuJoCo state and random generator in
+C++, which EnvPool 1.2.5 can neither read nor set (its seeds are fixed when a pool is made). Their
+checkpoint holds only the seed their pools were made with; a resume makes the pools anew with a seed
+derived from it and the step, and every training env starts a new episode (the learner's state, the
+replay buffer and every Python-side random stream are restored as for Meta-World's envs).
+
 The training envs step in lockstep (no training env terminates early: Meta-World's
 ``terminate_on_success`` is off, and every episode is truncated at the same length), so one
 ``[steps, num_envs, act_dim]`` array replays them all through the ordinary vector ``step``,
@@ -26,6 +32,8 @@ import pickle
 
 import gymnasium as gym
 import numpy as np
+
+from mtrl_famo.checkpoint import derived_seed
 
 #: Version of the ``envs`` entry of a checkpoint.
 FORMAT = 1
@@ -75,11 +83,16 @@ def _current_task_indices(envs: gym.vector.VectorEnv, checkpoints: list) -> list
 
 
 def capture(envs: gym.vector.VectorEnv, eval_envs: gym.vector.VectorEnv, obs: np.ndarray,
-            log: EpisodeLog) -> dict:
+            log: EpisodeLog, step: int = 0) -> dict:
     """The ``envs`` entry of a checkpoint, taken between two loop iterations.
 
     :param obs: ``[num_envs, obs_dim]`` the observations the loop acts on next.
+    :param step: the run's step (EnvPool's envs: a resume seeds their new pools from it).
     """
+    if getattr(envs, "backend", None) == "envpool":
+        return {"format": FORMAT, "eval": {"metaworld": list(eval_envs.call("get_checkpoint"))},
+                "train": {"envpool": {"seed": envs.seed_, "next_seed": derived_seed(envs.seed_, step, "envpool")},
+                          "obs": np.array(obs, copy=True)}}
     checkpoints = list(envs.call("get_checkpoint"))
     replay = None
     if log.replayable:
@@ -104,6 +117,13 @@ def restore(envs: gym.vector.VectorEnv, eval_envs: gym.vector.VectorEnv, state: 
     """
     train = state["train"]
     eval_envs.call("load_checkpoint", state["eval"]["metaworld"])
+    if "envpool" in train or getattr(envs, "backend", None) == "envpool":
+        if "envpool" not in train:
+            raise RuntimeError("the checkpoint holds Meta-World's training envs, not EnvPool's")
+        obs, _ = envs.reset(seed=train["envpool"]["next_seed"])
+        log.start()
+        return obs, ("EnvPool's training envs cannot save the episodes in progress (their state is in C++): they "
+                     "start new episodes, their pools seeded anew from the checkpoint's step")
     checkpoints, replay = train["metaworld"], train["replay"]
     if replay is not None:
         # Each env's task list cut to its current task: the reset below starts exactly that episode.

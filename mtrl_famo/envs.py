@@ -74,6 +74,19 @@ def make_envs(cfg: BenchmarkConfig, seed: int) -> gym.vector.VectorEnv:
     return envs
 
 
+def make_training_envs(cfg: BenchmarkConfig, seed: int) -> gym.vector.VectorEnv:
+    """The envs the loop collects on: :func:`make_envs` (``benchmark.backend=metaworld``) or EnvPool's
+    (``envpool``, :class:`~mtrl_famo.envpool_envs.EnvPoolTasks`), which give the loop the same arrays.
+    Evaluation always builds :func:`make_envs`."""
+    if cfg.backend != "envpool":
+        return make_envs(cfg, seed)
+    from mtrl_famo.envpool_envs import EnvPoolTasks
+
+    if cfg.name == "mt1":
+        check_env_name(cfg.env_name)
+    return EnvPoolTasks(benchmark_task_names(cfg), seed, cfg.max_episode_steps, cfg.task_onehot, cfg.env_threads)
+
+
 def _make_vector_env(cfg: BenchmarkConfig, common: dict) -> gym.vector.VectorEnv:
     if cfg.name == "mt1":
         check_env_name(cfg.env_name)
@@ -99,6 +112,8 @@ def set_num_goals(num_goals: int) -> None:
 
 def task_names(envs: gym.vector.VectorEnv) -> list[str]:
     """Meta-World task names (``reach-v3`` ...) in environment order."""
+    if hasattr(envs, "task_names"):  # EnvPool's training envs know them
+        return list(envs.task_names)
     class_to_name = {cls.__name__: name for name, cls in ALL_V3_ENVIRONMENTS.items()}
     return [class_to_name[cls_name] for cls_name in envs.get_attr("task_name")]
 
@@ -127,7 +142,7 @@ def step_async(envs: gym.vector.VectorEnv, actions: np.ndarray) -> np.ndarray | 
 
     :return: the actions still to be applied by :func:`step_wait` (sync envs), else None.
     """
-    if isinstance(envs, gym.vector.AsyncVectorEnv):
+    if isinstance(envs, gym.vector.AsyncVectorEnv) or getattr(envs, "steps_in_background", False):  # EnvPool
         envs.step_async(actions)
         return None
     return actions

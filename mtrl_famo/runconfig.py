@@ -100,6 +100,10 @@ def validate_run(cfg: Config) -> Config:
 
     if cfg.benchmark.name == "mt1":
         check_env_name(cfg.benchmark.env_name)
+    if cfg.benchmark.backend == "envpool":
+        from mtrl_famo.envpool_envs import import_envpool
+
+        import_envpool()  # installed, else one line naming the install
     check_video_config(cfg)
     return cfg
 

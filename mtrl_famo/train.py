@@ -22,7 +22,8 @@ from mtrl_famo import env_state
 from mtrl_famo.checkpoint import (CheckpointError, checkpoint_path, load_checkpoint, load_error_line, load_rng_streams,
                                   rng_streams, save_checkpoint)
 from mtrl_famo.config import Config
-from mtrl_famo.envs import benchmark_task_names, make_envs, step_async, step_wait, task_names, true_next_obs
+from mtrl_famo.envs import (benchmark_task_names, make_envs, make_training_envs, step_async, step_wait, task_names,
+                            true_next_obs)
 from mtrl_famo.evaluate import EvalResult, evaluate
 from mtrl_famo.nonfinite import NonFiniteWatch
 from mtrl_famo.restart import unstarted_run
@@ -228,7 +229,7 @@ class Trainer:
         configure_threads(cfg.train.torch_threads, self.device)
         seed_everything(cfg.seed)
 
-        self.envs = make_envs(cfg.benchmark, cfg.seed)
+        self.envs = make_training_envs(cfg.benchmark, cfg.seed)  # benchmark.backend's; evaluation: Meta-World's
         self.eval_envs = make_envs(cfg.benchmark, cfg.seed)
         self.task_names = task_names(self.envs)
         self.num_tasks = len(self.task_names)
@@ -264,7 +265,7 @@ class Trainer:
             "buffer": self.buffer.state_dict(),
             "rng": rng_streams(self.envs.action_space, self.agent.generator),
             # The simulators (Meta-World's checkpoint API and the episodes in progress), and the loop's state.
-            "envs": (env_state.capture(self.envs, self.eval_envs, self.obs, self.episode_log)
+            "envs": (env_state.capture(self.envs, self.eval_envs, self.obs, self.episode_log, self.step)
                      if self.obs is not None else None),
             "loop": {"episode_success": self.episode_success.copy()},
         }

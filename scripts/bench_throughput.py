@@ -9,6 +9,7 @@ projected wall time of a full run (2M steps per task = 2M vector steps, one upda
 
     python scripts/bench_throughput.py [--benchmarks mt10 mt50] [--aggregators mean famo pcgrad cagrad]
                                        [--steps 30] [--strategy sync async] [--device cpu cuda] [--compile MODE ...]
+                                       [--backend metaworld envpool] [--env-threads 1 2]
 
 ``--population N`` measures, per setting, a population of N seeds in one process
 (``seeds=[0..N-1]``: one stacked update for all members) against N single runs one
@@ -23,6 +24,12 @@ one graph (the N-seeds-in-one-graph figure that matters on a GPU).
 modes, side by side with eager; a compiled run's first update (its compilation) is left
 out of its update time.
 
+``--backend metaworld envpool`` measures each setting on both training backends (``benchmark.backend``),
+EnvPool with each of ``--env-threads`` (``benchmark.env_threads``; 0: all cores but one), side by side; a
+first table then gives the training envs' own speed (random actions, no learner): environment steps per
+second over all tasks, and per core the envs may use (Meta-World sync: 1; async: one process per task,
+up to the machine's cores; EnvPool: its threads).
+
 On CUDA the update is queued, not waited for: ``update ms`` is the time to queue it, and
 the GPU work still running shows up in ``act ms`` (the action copy waits for the
 updated actor). Vector steps per second is the figure that counts.
@@ -31,6 +38,7 @@ updated actor). Vector steps per second is the figure that counts.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 
@@ -42,11 +50,70 @@ from mtrl_famo.train import Trainer
 FULL_RUN_VECTOR_STEPS = 2_000_000
 
 
-def run_overrides(benchmark: str, aggregator: str, device: str, strategy: str, steps: int, run_dir: str,
+def env_settings(args) -> list[tuple[str, list[str]]]:
+    """``(label, overrides)`` of every training-env setting measured: Meta-World's strategies, EnvPool's threads."""
+    settings = []
+    for backend in args.backend:
+        if backend == "metaworld":
+            settings += [(s, [f"benchmark.vector_strategy={s}"]) for s in args.strategy]
+        else:
+            settings += [(f"envpool {t or 'auto'}t", ["benchmark.backend=envpool", f"benchmark.env_threads={t}"])
+                         for t in args.env_threads]
+    return settings
+
+
+def cores_used(label: str, num_tasks: int) -> int:
+    """Cores the training envs of a setting may use at once."""
+    from mtrl_famo.envpool_envs import resolve_env_threads
+
+    cores = len(os.sched_getaffinity(0))
+    if label == "sync":
+        return 1
+    if label == "async":
+        return min(num_tasks, cores)
+    threads = label.split()[1][:-1]
+    return min(num_tasks, resolve_env_threads(0 if threads == "auto" else int(threads)))
+
+
+def measure_envs(benchmark: str, overrides: list[str], vector_steps: int) -> float:
+    """Environment steps per second (over all tasks) of the training envs alone, random actions."""
+    from mtrl_famo.envs import make_training_envs
+
+    cfg = compose_config([f"benchmark={benchmark}", *overrides])
+    envs = make_training_envs(cfg.benchmark, 0)
+    try:
+        envs.reset(seed=0)
+        actions = [envs.action_space.sample() for _ in range(vector_steps + 5)]
+        for a in actions[:5]:  # warm caches and threads
+            envs.step(a)
+        clock = time.perf_counter()
+        for a in actions[5:]:
+            envs.step(a)
+        return vector_steps * envs.num_envs / (time.perf_counter() - clock)
+    finally:
+        envs.close()
+
+
+def compare_envs(args) -> None:
+    """The training envs' own speed, every setting side by side."""
+    print(f"training envs alone: {args.env_steps} vector steps of random actions per row; "
+          f"{len(os.sched_getaffinity(0))} cores\n")
+    print("| benchmark | envs | env steps/s | cores | env steps/s per core |")
+    print("|---|---|---:|---:|---:|")
+    for benchmark in args.benchmarks:
+        k = {"mt10": 10, "mt50": 50}[benchmark]
+        for label, overrides in env_settings(args):
+            rate, cores = measure_envs(benchmark, overrides, args.env_steps), cores_used(label, k)
+            print(f"| {benchmark} | {label} | {rate:,.0f} | {cores} | {rate / cores:,.0f} |", flush=True)
+    print()
+
+
+def run_overrides(benchmark: str, aggregator: str, device: str, strategy: list[str] | str, steps: int, run_dir: str,
                   extra: list[str]) -> list[str]:
     k = {"mt10": 10, "mt50": 50}[benchmark]
+    envs = [f"benchmark.vector_strategy={strategy}"] if isinstance(strategy, str) else strategy
     return [f"benchmark={benchmark}", f"aggregator={aggregator}", f"device={device}",
-            f"benchmark.vector_strategy={strategy}", f"train.total_steps={(WARMUP + steps) * k}",
+            *envs, f"train.total_steps={(WARMUP + steps) * k}",
             f"train.warmup_steps={WARMUP * k}", "train.buffer_size=100000", "train.progress=false",
             "train.log_every=100000000", "eval.every=100000000", "eval.final_episodes=1", f"run_dir={run_dir}",
             *extra]
@@ -99,7 +166,8 @@ def measure_population(benchmark: str, aggregator: str, device: str, strategy: s
 WARMUP = 5
 
 
-def measure(benchmark: str, aggregator: str, device: str, strategy: str, steps: int, extra: list[str]) -> dict:
+def measure(benchmark: str, aggregator: str, device: str, strategy: list[str] | str, steps: int,
+            extra: list[str]) -> dict:
     """Run ``steps`` learning vector steps (after a few random warm-up steps) and read the loop's timers."""
     compiled = any(x.startswith("train.compile=") and x != "train.compile=none" for x in extra)
     torch._dynamo.reset()  # fresh graphs: earlier settings' would count toward the recompile limit
@@ -149,12 +217,19 @@ def main() -> None:
                         help="also measure with these train.compile modes")
     parser.add_argument("--population", type=int, default=0, metavar="N",
                         help="compare a population of N seeds with N single runs instead")
+    parser.add_argument("--backend", nargs="+", default=["metaworld"], choices=["metaworld", "envpool"],
+                        help="training env backends (benchmark.backend), measured side by side")
+    parser.add_argument("--env-threads", nargs="+", type=int, default=[0],
+                        help="benchmark.env_threads of the envpool rows (0: all cores but one)")
+    parser.add_argument("--env-steps", type=int, default=200, help="vector steps of the envs-alone table (0: no such table)")
     parser.add_argument("overrides", nargs="*", help="extra mtrl-famo overrides, e.g. train.torch_threads=2")
     args = parser.parse_args()
     if args.population:
         compare_population(args)
         return
-    print(f"torch {torch.__version__}; 3x400 networks, 128 rows per task; "
+    if "envpool" in args.backend and args.env_steps:
+        compare_envs(args)
+    print(f"torch {torch.__version__}; {' '.join(args.overrides) or '3x400 networks, 128 rows per task'}; "
           f"{args.steps} learning vector steps per row (after 5 random warm-up steps); "
           f"ms per vector step\n")
     print("| device | benchmark | aggregator | envs | compile | vector steps/s | act ms | update ms | env ms "
@@ -163,10 +238,10 @@ def main() -> None:
     for device in args.device:
         for benchmark in args.benchmarks:
             for aggregator in args.aggregators:
-                for strategy in args.strategy:
+                for strategy, env_overrides in env_settings(args):
                     for mode in ["none", *args.compile]:
                         extra = [*args.overrides, f"train.compile={mode}"]
-                        r = measure(benchmark, aggregator, device, strategy, args.steps, extra)
+                        r = measure(benchmark, aggregator, device, env_overrides, args.steps, extra)
                         hours = FULL_RUN_VECTOR_STEPS / r["steps_per_s"] / 3600
                         wait = r["env"] / (r["act"] + r["update"] + r["env"])
                         print(f"| {device} | {benchmark} | {aggregator} | {strategy} | {mode} | "

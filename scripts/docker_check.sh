@@ -119,7 +119,7 @@ if [ -n "${DOCKER_CHECK_CERT+set}" ]; then CERT=$DOCKER_CHECK_CERT; else
     CERT=$(pip_setting cert)
     CERT=${CERT:-${PIP_CERT:-}}
 fi
-build_args=(--build-arg "BASE_IMAGE=$BASE" --build-arg "TORCH_SPEC=$TORCH_SPEC" --build-arg EXTRAS=test)
+build_args=(--build-arg "BASE_IMAGE=$BASE" --build-arg "TORCH_SPEC=$TORCH_SPEC" --build-arg EXTRAS=test,envpool)
 if [ -n "$WHEELS" ] && compgen -G "$WHEELS/*.whl" >/dev/null; then
     printf 'FROM scratch\nCOPY . /\n' | build -q -t "$WHEELS_TAG" -f - "$WHEELS" >/dev/null
     build_args+=(--build-arg "WHEELS_IMAGE=$WHEELS_TAG")

@@ -3,8 +3,9 @@
 #   1. the CUDA tests (pytest -k cuda),
 #   2. bench_aggregators (per-update time, and per-combine host/device time) at k=10 and k=50,
 #   3. graph_report (train.compile=graph: graph breaks, graphs, recompiles, eager vs one graph),
-#   4. bench_throughput (async envs, eager and the one-graph update, MT10 and MT50; a population of
-#      4 seeds as one vmapped update, eager and as one graph, against 4 single runs),
+#   4. bench_throughput (async envs, eager and the one-graph update, MT10 and MT50; EnvPool's training
+#      envs on all cores, MT10 and MT50; a population of 4 seeds as one vmapped update, eager and as one
+#      graph, against 4 single runs),
 #   5. profile_update on CUDA (k=10),
 #   6. a timed MT10 training run of a few minutes and its projected full-run (2M steps/task) time.
 # Each step has its own time limit; the whole report stays under 9.5 minutes. A step that fails
@@ -91,7 +92,7 @@ if [ "$DRY_RUN" = 1 ]; then
   section "CUDA tests" 120 python -m pytest -q -x tests/test_fast_path.py tests/test_buffer.py -k cuda
   section "Update time per aggregator" 120 python scripts/bench_aggregators.py --device cpu --tasks 2 --repeats 1 --full-graph-tasks --aggregators mean famo pcgrad cagrad --no-multi-head
   section "Combine: host solvers (before) vs device (after)" 60 python scripts/bench_aggregators.py --combine --device cpu --tasks 2 --repeats 1
-  section "Throughput (async envs)" 240 python scripts/bench_throughput.py "${TINY[@]}" --device cpu --benchmarks mt10 --aggregators mean --strategy async --steps 1
+  section "Throughput (async envs)" 240 python scripts/bench_throughput.py "${TINY[@]}" --device cpu --benchmarks mt10 --aggregators mean --strategy async --steps 1 --backend metaworld envpool --env-threads 0 --env-steps 2
   section "Profile of one update" 120 python scripts/profile_update.py --device cpu --tasks 2 --aggregators mean --updates 1
   section "One-graph update (train.compile=graph)" 180 python scripts/graph_report.py --device cpu --tasks 2 --aggregators mean --updates 2 --hidden 32 32 --backend aot_eager
   RUN_STEPS=200; RUN_WARMUP=100; RUN_LIMIT=240
@@ -102,9 +103,10 @@ else
   section "One-graph update (train.compile=graph, CUDA graphs)" 90 python scripts/graph_report.py --device cuda --tasks 10 --aggregators mean pcgrad --updates 30
   section "Throughput, MT10 (async envs, eager and compiled)" 75 python scripts/bench_throughput.py --device cuda --benchmarks mt10 --aggregators mean pcgrad --strategy async --steps 30 --compile graph
   section "Throughput, MT50 (async envs, eager and compiled)" 45 python scripts/bench_throughput.py --device cuda --benchmarks mt50 --aggregators mean --strategy async --steps 20 --compile graph
+  section "EnvPool training envs on all $(nproc) cores (MT10, MT50)" 60 python scripts/bench_throughput.py --device cuda --benchmarks mt10 mt50 --aggregators mean --backend envpool --env-threads "$(nproc)" --steps 20 --env-steps 100
   section "Population of seeds (one vmapped update)" 90 python scripts/bench_throughput.py --device cuda --benchmarks mt10 --aggregators mean --steps 20 --population 4 --compile graph
   section "Profile of one update (CUDA, k=10)" 20 python scripts/profile_update.py --device cuda --tasks 10 --updates 10
-  RUN_STEPS=150000; RUN_WARMUP=20000; RUN_LIMIT=120
+  RUN_STEPS=150000; RUN_WARMUP=20000; RUN_LIMIT=60  # 60 (was 120): room for the EnvPool section, same total
 fi
 
 # A timed MT10 run: environment steps over all tasks (10 per vector step); its projected

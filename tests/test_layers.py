@@ -14,7 +14,7 @@ LAYERS = [
     ["config", "run_files", "atomic"],
     ["benchmark_cache"],  # Meta-World's drawn goals, kept on disk  # the typed schema and file helpers: nothing of ours below them
     ["runtime", "optim", "buffer", "networks", "nonfinite", "checkpoint", "envs", "aggregators", "run_lock",
-     "step_rules", "env_state", "memory", "run_records", "saved_config", "restart"],
+     "step_rules", "env_state", "envpool_envs", "memory", "run_records", "saved_config", "restart"],
     ["update"],  # the one MT-SAC update function
     ["graph_update"],  # the compiled update of an agent (it never imports sac: the agent builds it)
     ["sac", "stacked_sac"],
