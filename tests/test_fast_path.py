@@ -66,9 +66,10 @@ def _random_batch(k: int, b: int, obs_dim: int, act_dim: int, generator: torch.G
                  torch.zeros(k, b, device=device))
 
 
-@pytest.mark.parametrize("aggregator, mode", [("famo", "all"), ("pcgrad", "task_gradients")])
+@pytest.mark.parametrize("aggregator, mode", [("pcgrad", "task_gradients")])
 def test_compiled_updates_match_eager_with_several_tasks(aggregator, mode):
-    """With k=3 the task weighting and gradient surgery act, unlike in the one-task run above."""
+    """With k=3 the gradient surgery acts, unlike in the one-task run above. (FAMO under ``all``, which is
+    ``task_gradients`` now, is the run above; its k=3 weighting is test_graph_update's, at CI's cost.)"""
     agents, metrics = [], []
     for compile_mode in ("none", mode):
         torch.manual_seed(0)
