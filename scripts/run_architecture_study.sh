@@ -19,7 +19,7 @@ EVERY=${EVERY:-15000}
 export MTRL=${MTRL:-mtrl-famo} RUNS
 export COMMON="protocol=metaworld_plus benchmark=mt10 device=cpu train.progress=false train.torch_threads=1 \
 seeds=[0,1] agent.hidden_sizes=[256,256] train.per_task_batch=32 train.buffer_size=300000 \
-train.total_steps=$TOTAL train.warmup_steps=$WARMUP eval.every=$EVERY eval.episodes=3 eval.final_episodes=10 \
+train.total_steps=$TOTAL train.warmup_steps=$WARMUP eval.every=$EVERY eval.episodes=3 eval.final_episodes=5 \
 train.log_every=5000"
 # one line per population: its name (run_dir and log under $RUNS), then its overrides; slowest first
 POPULATIONS="paco agent.network=paco

@@ -89,7 +89,7 @@ def make_render_env(cfg: "Config", task_names: list[str], index: int, camera: st
         set_num_goals(cfg.benchmark.num_goals)
         env = metaworld.make_mt_envs(name, seed=cfg.seed, use_one_hot=cfg.benchmark.task_onehot, env_id=index,
                                      num_tasks=len(task_names), max_episode_steps=cfg.benchmark.max_episode_steps,
-                                     reward_function_version="v2", render_mode="rgb_array", camera_name=camera,
+                                     reward_function_version=cfg.benchmark.reward_version, render_mode="rgb_array", camera_name=camera,
                                      width=width, height=height)
     model = env.unwrapped.model
     if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
