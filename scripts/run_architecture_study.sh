@@ -34,4 +34,15 @@ if [ $# -gt 0 ]; then
 fi
 mkdir -p "$RUNS"
 echo "$POPULATIONS" | xargs -P "$JOBS" -L 1 sh -c '$MTRL train $COMMON "$@" "run_dir=$RUNS/$0" >> "$RUNS/$0.log" 2>&1'
-[ $# -gt 0 ] || $MTRL report "$RUNS"/*/ --out "$OUT"
+[ $# -gt 0 ] && exit 0
+$MTRL report "$RUNS"/*/ --out "$OUT"
+# beside the success rates (mostly 0 at this budget): each population's mean final return over tasks, per seed
+python - "$RUNS" > "$OUT/returns.md" <<'PY'
+import json, sys
+from pathlib import Path
+print("| population | network | mean return, seed 0 / seed 1 | mean success, seed 0 / seed 1 |\n|---|---|---|---|")
+for run in sorted(p for p in Path(sys.argv[1]).iterdir() if p.is_dir()):
+    res = [json.loads((run / s / "results.json").read_text()) for s in ("s0", "s1")]
+    ret = " / ".join(f"{sum(r['episodic_return'].values()) / len(r['episodic_return']):.0f}" for r in res)
+    print(f"| {run.name} | {res[0]['network']} | {ret} | {' / '.join(format(r['mean_success_rate'], '.2f') for r in res)} |")
+PY
