@@ -41,6 +41,8 @@ ALPHA_LOSS_FORMS = ("log_alpha", "alpha")
 TASK_LOSS_WEIGHTS = ("none", "temperature")
 #: ``benchmark.reward_normalization``: Meta-World 3's ``reward_normalization_method`` (null = off).
 REWARD_NORMALIZATIONS = ("exponential", "gymnasium")
+#: ``benchmark.reward_version``: Meta-World 3's ``reward_function_version``.
+REWARD_VERSIONS = ("v1", "v2")
 #: ``aggregator.order`` of pcgrad, ``aggregator.reduction`` of alignedmtl, ``aggregator.max_norm_mode``
 #: of nashmtl, ``aggregator.scaling`` of famo (each aggregator module checks them too).
 PCGRAD_ORDERS = ("per_task", "shared")
@@ -93,6 +95,8 @@ class BenchmarkConfig:
     reward_normalization: Optional[str] = doc(None, "Meta-World's per-task reward_normalization_method: null (off), "
                                                     "exponential (running variance, rate 0.001: mtenv's "
                                                     "NormalizedEnvWrapper, which mtrl hard-codes) or gymnasium")
+    reward_version: str = doc("v2", "Meta-World's reward_function_version: v2 (its default, the v3 tasks' own) or "
+                                    "v1 (the original rewards; Meta-World+ examples/multi_task/*_v1.py)")
     num_goals: int = doc(50, "goal/object variants per task (Meta-World's num_goals): 50 (Meta-World default) or "
                              "1 (one fixed goal per task for the whole run, shared by the evaluation envs, as mtenv)")
     cagrad_c: float = doc(0.5, "this benchmark's default CAGrad c (0.9 on MT10, 0.5 on MT50)")
@@ -459,6 +463,8 @@ def validate(cfg: Config) -> Config:
     _require(b.max_episode_steps <= METAWORLD_MAX_EPISODE_STEPS,
              f"benchmark.max_episode_steps={b.max_episode_steps} is above Meta-World's episode limit; "
              f"allowed: 1 to {METAWORLD_MAX_EPISODE_STEPS}")
+    _require(b.reward_version in REWARD_VERSIONS,
+             f"benchmark.reward_version={b.reward_version!r}; allowed: {', '.join(REWARD_VERSIONS)}")
     _require(b.reward_normalization is None or b.reward_normalization in REWARD_NORMALIZATIONS,
              f"benchmark.reward_normalization={b.reward_normalization!r}; allowed: null, "
              f"{', '.join(REWARD_NORMALIZATIONS)}")

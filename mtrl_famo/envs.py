@@ -49,7 +49,7 @@ def make_envs(cfg: BenchmarkConfig, seed: int) -> gym.vector.VectorEnv:
     Meta-World's MT10/MT50 constructors use; checked here).
 
     :param cfg: benchmark config (name, env_name for mt1, vector strategy, episode length, task one-hot,
-        reward normalisation, goals per task).
+        reward version and normalisation, goals per task).
     :param seed: seeds the benchmark's goal positions, the envs and their action spaces.
     :return: a vector env with ``num_envs == num_tasks``; observations ``[num_tasks, obs_dim]``.
     """
@@ -57,7 +57,7 @@ def make_envs(cfg: BenchmarkConfig, seed: int) -> gym.vector.VectorEnv:
         seed=seed,
         use_one_hot=cfg.task_onehot,
         max_episode_steps=cfg.max_episode_steps,
-        reward_function_version="v2",
+        reward_function_version=cfg.reward_version,
         reward_normalization_method=cfg.reward_normalization,
     )
     with warnings.catch_warnings():

@@ -197,7 +197,9 @@ def test_eval_shows_what_it_evaluates_and_its_progress(tiny_mt10_run):
 def test_help_lists_every_aggregator_option_and_the_composed_defaults():
     proc = run_cli("train", "--help")
     assert proc.returncode == 0
-    for text in ("aggregator.c=0.9", "aggregator.w_lr=0.025", "aggregator.gamma=0.001", "experiment={moore_mt10,mt10_cpu,softmodules_mt10}",
+    for text in ("aggregator.c=0.9", "aggregator.w_lr=0.025", "aggregator.gamma=0.001",
+                 "experiment={moore_mt10,mt10_cpu,mtmhsac_mt10,mtmhsac_mt10_v1,paco_mt50,pcgrad_mt10,pcgrad_mt10_v1,"
+                 "softmodules_mt10}",
                  "benchmark.cagrad_c=0.9", "aggregator.seed=0"):
         assert text in proc.stdout, text
     assert "cagrad_c=0.5" not in proc.stdout

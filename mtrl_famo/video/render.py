@@ -93,8 +93,8 @@ def make_render_env(cfg: "Config", task_names: list[str], index: int, camera: st
         with cached_benchmarks():  # make_mt_envs(name) draws MT1(name)'s goals
             env = metaworld.make_mt_envs(name, seed=cfg.seed, use_one_hot=cfg.benchmark.task_onehot, env_id=index,
                                          num_tasks=len(task_names), max_episode_steps=cfg.benchmark.max_episode_steps,
-                                         reward_function_version="v2", render_mode="rgb_array", camera_name=camera,
-                                         width=width, height=height)
+                                         reward_function_version=cfg.benchmark.reward_version,
+                                         render_mode="rgb_array", camera_name=camera, width=width, height=height)
     model = env.unwrapped.model
     if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
         cameras = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
