@@ -480,6 +480,9 @@ def validate(cfg: Config) -> Config:
         _require(b.reward_normalization is None,
                  f"benchmark.reward_normalization={b.reward_normalization!r} needs benchmark.backend=metaworld "
                  f"(Meta-World's reward wrappers); allowed with backend=envpool: null")
+        _require(b.reward_version == "v2",
+                 f"benchmark.reward_version={b.reward_version!r} needs benchmark.backend=metaworld (EnvPool has "
+                 f"only the v3 tasks' own reward, Meta-World's v2 function); allowed with backend=envpool: v2")
     _require(b.num_goals <= METAWORLD_NUM_GOALS,
              f"benchmark.num_goals={b.num_goals}; allowed: 1 to {METAWORLD_NUM_GOALS} (Meta-World's goal variants)")
 

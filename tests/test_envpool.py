@@ -64,6 +64,7 @@ def test_envpool_refuses_settings_it_cannot_honour_in_one_line():
     for benchmark, key in ((BenchmarkConfig(backend="envpool", num_goals=1), "benchmark.num_goals=1"),
                            (BenchmarkConfig(backend="envpool", reward_normalization="exponential"),
                             "benchmark.reward_normalization='exponential'"),
+                           (BenchmarkConfig(backend="envpool", reward_version="v1"), "benchmark.reward_version='v1'"),
                            (BenchmarkConfig(backend="gym"), "benchmark.backend='gym'"),
                            (BenchmarkConfig(env_threads=-1), "benchmark.env_threads=-1")):
         with pytest.raises(ConfigError, match=key):
