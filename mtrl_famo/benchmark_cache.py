@@ -2,11 +2,11 @@
 
 ``metaworld.MT10(seed=s)`` draws every task's 50 goals by resetting that task's env again and again, and a
 run builds it twice (its training and its evaluation envs). Measured on one core: MT10's envs take 7.6 s to
-build afresh and 1.5 s from the cache, MT50's 37.7 s and 6.4 s. What it draws depends only on the benchmark, the seed, the goals per task
-(Meta-World's ``_N_GOALS``) and the versions of Meta-World, MuJoCo and NumPy, so the object is pickled into a
-cache folder under a name made of all of them, and later builds read it back in milliseconds. Meta-World's own
-``make_mt_envs`` builds the envs from it exactly as it would from a fresh one (``tests/test_benchmark_cache.py``
-compares the two).
+build afresh and 1.5 s from the cache, MT50's 37.7 s and 6.4 s. What it draws depends only on the benchmark,
+the seed, the goals per task (Meta-World's ``_N_GOALS``) and the versions of Meta-World, MuJoCo and NumPy, so
+its attributes are pickled into a cache folder under a name made of all of them, and later builds read them
+back in milliseconds. Meta-World's own ``make_mt_envs`` builds the envs from it exactly as from a fresh one
+(``tests/test_benchmark_cache.py`` compares the two).
 
 Folder: ``$MTRL_FAMO_CACHE_DIR``, else ``$XDG_CACHE_HOME/mtrl-famo``, else ``~/.cache/mtrl-famo``;
 ``MTRL_FAMO_CACHE_DIR=off`` draws afresh every time. An unreadable or foreign cache file is drawn again and

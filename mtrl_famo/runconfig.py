@@ -20,7 +20,8 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mtrl_famo.config import Config, ConfigError, register_schemas, validate
+from mtrl_famo.config import Config, ConfigError, register_schemas
+from mtrl_famo.config_checks import validate
 from mtrl_famo.run_files import CHECKPOINT_FILE, CONFIG_FILE, LOCK_FILE, RESULTS_FILE, population_members
 from mtrl_famo.run_records import RunFileError, read_json
 from mtrl_famo.saved_config import NOT_RESUMABLE, RESUMABLE_PREFIXES, load_saved_config  # noqa: F401 (re-exported)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import TINY, assert_usage_error
-from mtrl_famo.config import BenchmarkConfig, Config, ConfigError, validate
+from mtrl_famo.config import BenchmarkConfig, Config, ConfigError
+from mtrl_famo.config_checks import validate
 from mtrl_famo.envs import task_names
 
 pytest.importorskip("envpool")

@@ -12,7 +12,7 @@ PACKAGE = Path(mtrl_famo.__file__).parent
 # From the ground floor up; a module may import its own layer (no circle) and the layers below.
 LAYERS = [
     ["config", "run_files", "atomic"],
-    ["benchmark_cache"],  # Meta-World's drawn goals, kept on disk  # the typed schema and file helpers: nothing of ours below them
+    ["benchmark_cache", "config_checks"],  # Meta-World's drawn goals, kept on disk  # the typed schema and file helpers: nothing of ours below them
     ["runtime", "optim", "buffer", "networks", "nonfinite", "checkpoint", "envs", "aggregators", "run_lock",
      "step_rules", "env_state", "envpool_envs", "memory", "run_records", "saved_config", "restart"],
     ["update"],  # the one MT-SAC update function
