@@ -90,7 +90,7 @@ def compose_node(overrides: Sequence[str]):
 def validate_run(cfg: Config) -> Config:
     """Every check of a run's config before any work starts; returns ``cfg``.
 
-    The schema's own checks (:func:`~mtrl_famo.config.validate`: ranges, names,
+    The schema's own checks (:func:`~mtrl_famo.config_checks.validate`: ranges, names,
     combinations), then those that need Meta-World (the MT1 task name, the video tasks).
 
     :raises ConfigError: naming the bad value and what is allowed.

@@ -26,7 +26,7 @@ def check_tasks(requested: Sequence[str] | None, task_names: Sequence[str], key:
 
 
 def check_video_config(cfg: "Config") -> None:
-    """Task names of ``cfg.video`` (called by run validation, ``runconfig.validate_run``; ``config.validate``
+    """Task names of ``cfg.video`` (called by run validation, ``runconfig.validate_run``; ``config_checks.validate``
     checks the numbers).
 
     :raises ConfigError: naming the bad value.
