@@ -18,6 +18,7 @@ import argparse
 import time
 
 import torch
+from torch.utils._pytree import keystr, tree_flatten_with_path
 
 from bench_aggregators import random_batch
 from mtrl_famo.config import AGGREGATOR_SCHEMAS, CRITIC_ONLY_AGGREGATORS, AgentConfig
@@ -42,18 +43,10 @@ def make_agent(case: str, k: int, aggregator: str, device: torch.device, backend
 
 
 def tensors(agent: MTSAC) -> dict[str, torch.Tensor]:
-    """Everything an update changes, by name."""
-    out = {f"{name}.{key}": value for name, module in
-           (("actor", agent.actor), ("critic", agent.critic), ("target", agent.critic_target))
-           for key, value in module.state_dict().items()}
-    out["log_alpha"] = agent.log_alpha
-    for name, opt in (("actor_opt", agent.actor_opt), ("critic_opt", agent.critic_opt), ("alpha_opt", agent.alpha_opt)):
-        for i, state in enumerate(opt.state.values()):
-            out.update({f"{name}.{i}.{key}": value for key, value in state.items() if value.is_floating_point()})
-    for name, aggregator in agent.aggregators.items():
-        out.update({f"aggregator.{name}.{key}": value for key, value in aggregator.state_dict().items()
-                    if isinstance(value, torch.Tensor) and value.is_floating_point()})
-    return out
+    """Everything an update changes, by name: the floating-point leaves of the update's own state tree."""
+    leaves, _ = tree_flatten_with_path(agent.update_state())
+    return {keystr(path): value.detach() for path, value in leaves
+            if isinstance(value, torch.Tensor) and value.is_floating_point()}
 
 
 def max_abs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -72,7 +65,7 @@ def compare(case: str, args, device: torch.device) -> str:
             compile_s = time.perf_counter() - start
         metrics_diff = max(metrics_diff, max_abs(eager.update(batch), metrics_graph))
     e, g = tensors(eager), tensors(graph)
-    params = [key for key in e if key.split(".")[0] in ("actor", "critic")]
+    params = [key for key in e if key.startswith(("['params']['actor']", "['params']['critic']"))]
     rel = max(float(((g[key] - e[key]).abs() / e[key].abs().clamp_min(1e-6)).max()) for key in params)
     return f"| {case} | {compile_s:.0f} | {metrics_diff:.1e} | {max_abs(e, g):.1e} | {rel:.1e} |"
 
